@@ -1,0 +1,3 @@
+from thumbs.cli import app
+
+app()

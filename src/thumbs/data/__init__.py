@@ -1,0 +1,1 @@
+"""Feedback data: ingest logs into events, audit them, load training examples."""
