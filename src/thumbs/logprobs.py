@@ -1,0 +1,91 @@
+"""Sequence log-probabilities of completions, without a full-vocabulary float32 log-softmax.
+
+The decoder runs once over the batch; the LM head is applied only at the positions that predict a
+completion token (prompt and padding positions never produce logits), a chunk of positions at a
+time, with the log-softmax taken in float32 per chunk. Under autograd each chunk is checkpointed,
+so only its hidden states are kept for the backward pass, never its [chunk, vocab] logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay active inside it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, softcap: float | None):
+    logits = torch.nn.functional.linear(hidden, weight).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def token_logps_at(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
+    """log p(target) for each row of ``hidden`` [N, H] under the model's LM head, in chunks."""
+    base = _base(model)
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    out = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            out.append(checkpoint(_chunk_logps, h, t, head.weight, softcap, use_reentrant=False))
+        else:
+            out.append(_chunk_logps(h, t, head.weight, softcap))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def completion_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    segment_ids: torch.Tensor | None = None,
+    num_segments: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of completion-token log-probs per sequence [B] (float32) and completion token counts [B].
+
+    ``completion_mask[b, t]`` marks token t as part of the completion; it is predicted from position
+    t-1. For packed rows, ``segment_ids[b, t]`` names the sequence a token belongs to and the sums
+    come back per segment (``num_segments`` of them).
+    """
+    base = _base(model)
+    kwargs = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    hidden = base.get_decoder()(**kwargs).last_hidden_state
+    predict = completion_mask[:, 1:]
+    selected = hidden[:, :-1][predict]
+    targets = input_ids[:, 1:][predict]
+    token_logps = token_logps_at(model, selected, targets, chunk_size)
+    if segment_ids is None:
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
+        count = input_ids.shape[0]
+    else:
+        rows = segment_ids[:, 1:][predict]
+        count = num_segments
+    sums = torch.zeros(count, dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logps)
+    tokens = torch.zeros(count, dtype=torch.long, device=hidden.device).index_add(0, rows, torch.ones_like(rows))
+    return sums, tokens
+
+
+class CompletionLogps(nn.Module):
+    """A causal LM whose forward returns completion log-probs, so DDP/FSDP see one forward call."""
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, **batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return completion_logps(self.model, chunk_size=self.chunk_size, **batch)

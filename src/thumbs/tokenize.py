@@ -1,0 +1,110 @@
+"""Prompts and completions to token ids: chat templates, truncation, completion-only masks.
+
+A prompt is plain text or a list of ``{role, content}`` messages (or that list as JSON text, as
+``events.parquet`` stores it). Messages go through the tokenizer's chat template with the
+generation prompt added. A completion is tokenized on its own and ends with the EOS token, so the
+model learns where to stop. Loss and log-probs count completion tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from thumbs.errors import ThumbsError
+
+IGNORE = -100
+
+
+def as_messages(prompt: Any) -> list[dict] | None:
+    """The prompt as chat messages, or None when it is plain text."""
+    if isinstance(prompt, list):
+        return prompt
+    if isinstance(prompt, str) and prompt.startswith("[{"):
+        try:
+            parsed = json.loads(prompt)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(parsed, list) and all(isinstance(m, dict) and "role" in m for m in parsed):
+            return parsed
+    return None
+
+
+def prompt_key(prompt: Any) -> str:
+    """Normalised prompt text, so prompts differing only in whitespace match (pairing, splits)."""
+    messages = as_messages(prompt)
+    if messages is not None:
+        parts = [f"{m.get('role', '')}:{' '.join(str(m.get('content', '')).split())}" for m in messages]
+        return "\x1e".join(parts)
+    return " ".join(str(prompt).split())
+
+
+@dataclass
+class Encoder:
+    """Tokenizes prompts (memoised: production logs repeat prompts) and completions."""
+
+    tokenizer: Any
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    _prompt_cache: dict = field(default_factory=dict)
+    truncated: int = 0
+
+    def prompt_ids(self, prompt: Any) -> list[int]:
+        key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+        ids = self._prompt_cache.get(key)
+        if ids is None:
+            messages = as_messages(prompt)
+            if messages is not None:
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise ThumbsError(
+                        "a prompt is a chat (list of messages) but the tokenizer has no chat template",
+                        hint="use a chat/instruct model, or give prompts as plain text",
+                    )
+                ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+            else:
+                ids = self.tokenizer(str(prompt), add_special_tokens=True)["input_ids"]
+            self._prompt_cache[key] = ids
+        return ids
+
+    def completion_ids(self, completions: list[str]) -> list[list[int]]:
+        eos = self.tokenizer.eos_token_id
+        encoded = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+        return [ids + [eos] for ids in encoded]
+
+    def fit(self, prompt: list[int], completion: list[int]) -> tuple[list[int], list[int]]:
+        """Truncate to ``max_length``: the prompt loses tokens from its left, the completion from its right.
+
+        The completion keeps priority (it carries the signal); at least one prompt token stays so the
+        first completion token is predicted from something.
+        """
+        if self.max_prompt_length is not None and len(prompt) > self.max_prompt_length:
+            prompt = prompt[-self.max_prompt_length :]
+            self.truncated += 1
+        if len(prompt) + len(completion) <= self.max_length:
+            return prompt, completion
+        self.truncated += 1
+        keep_prompt = max(1, self.max_length - len(completion))
+        prompt = prompt[-keep_prompt:]
+        return prompt, completion[: self.max_length - len(prompt)]
+
+
+def sequence(prompt: list[int], completion: list[int]) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts."""
+    return prompt + completion, len(prompt)
+
+
+def collate(seqs: list[tuple[list[int], int]], pad_id: int, pad_to_multiple: int = 1) -> dict:
+    """Right-pad sequences into ``input_ids``, ``attention_mask`` and ``completion_mask`` [B, T]."""
+    import torch
+
+    width = max(len(ids) for ids, _ in seqs)
+    width = -(-width // pad_to_multiple) * pad_to_multiple
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, (ids, start) in enumerate(seqs):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+        completion_mask[row, start : len(ids)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
