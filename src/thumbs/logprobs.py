@@ -69,13 +69,17 @@ def completion_logps(
     targets = input_ids[:, 1:][predict]
     token_logps = token_logps_at(model, selected, targets, chunk_size)
     if segment_ids is None:
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
+        rows = (
+            torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
+        )
         count = input_ids.shape[0]
     else:
         rows = segment_ids[:, 1:][predict]
         count = num_segments
     sums = torch.zeros(count, dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logps)
-    tokens = torch.zeros(count, dtype=torch.long, device=hidden.device).index_add(0, rows, torch.ones_like(rows))
+    tokens = torch.zeros(count, dtype=torch.long, device=hidden.device).index_add(
+        0, rows, torch.ones_like(rows)
+    )
     return sums, tokens
 
 

@@ -137,7 +137,9 @@ def load_tokenizer(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
-        raise ThumbsError(f"cannot load a tokenizer from '{path}': {err}", hint="check model.name_or_path") from None
+        raise ThumbsError(
+            f"cannot load a tokenizer from '{path}': {err}", hint="check model.name_or_path"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -150,6 +152,10 @@ def load_model(path: str, *, dtype=None):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, attn_implementation="sdpa")
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, attn_implementation="sdpa"
+        )
     except OSError as err:
-        raise ThumbsError(f"cannot load a model from '{path}': {err}", hint="check model.name_or_path") from None
+        raise ThumbsError(
+            f"cannot load a model from '{path}': {err}", hint="check model.name_or_path"
+        ) from None

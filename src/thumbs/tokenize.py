@@ -61,7 +61,9 @@ class Encoder:
                         "a prompt is a chat (list of messages) but the tokenizer has no chat template",
                         hint="use a chat/instruct model, or give prompts as plain text",
                     )
-                ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+                ids = list(
+                    self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+                )
             else:
                 ids = self.tokenizer(str(prompt), add_special_tokens=True)["input_ids"]
             self._prompt_cache[key] = ids

@@ -1,0 +1,101 @@
+"""Reference log-probs, computed once before training and cached on disk.
+
+The reference is the starting model: with LoRA, the same model with its adapter disabled; with full
+fine-tuning, the model itself before its first step. No second copy is ever loaded, and nothing of
+the reference stays in memory during training. Work is sharded across processes and summed back.
+The cache key is a fingerprint of the reference weights and of every token sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import torch
+
+from thumbs.logprobs import completion_logps
+from thumbs.methods import Items
+from thumbs.paths import cache_dir
+from thumbs.tokenize import collate
+
+
+def _adapter_disabled(model):
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int) -> str:
+    """Hash of the reference weights (adapters excluded) and of the sequences for ``roles``."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{roles}|{max_length}".encode())
+    for name, param in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    for role in roles:
+        for ids, start in items.seqs[role]:
+            digest.update(torch.tensor(ids + [-start], dtype=torch.int32).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def compute_reference_logps(
+    model,
+    items: Items,
+    roles: tuple[str, ...],
+    *,
+    pad_id: int,
+    batch_size: int,
+    chunk_size: int,
+    accelerator=None,
+) -> dict[str, torch.Tensor]:
+    """Sequence log-probs [N] for each role, under the reference (adapter disabled)."""
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = {}
+    with _adapter_disabled(model):
+        for role in roles:
+            seqs = items.seqs[role]
+            values = torch.zeros(len(seqs), dtype=torch.float32, device=device)
+            mine = sorted(
+                range(rank, len(seqs), world), key=lambda i: len(seqs[i][0])
+            )  # similar lengths batch well
+            for start in range(0, len(mine), batch_size):
+                index = mine[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in collate([seqs[i] for i in index], pad_id).items()}
+                logps, _ = completion_logps(model, **batch, chunk_size=chunk_size)
+                values[torch.tensor(index, device=device)] = logps
+            if world > 1:
+                torch.distributed.all_reduce(values)
+            out[role] = values.cpu()
+    model.train(was_training)
+    return out
+
+
+def reference_logps(
+    model, items: Items, roles, *, run_dir: Path, max_length: int, accelerator=None, **kwargs
+):
+    """Load from the run folder (resume), else the global cache, else compute and store in both."""
+    run_file = Path(run_dir) / "reference_logps.pt"
+    if not roles:
+        return {}
+    if run_file.exists():
+        return torch.load(run_file)
+    key = fingerprint(model, items, tuple(roles), max_length)
+    cached = cache_dir("reference") / f"{key}.pt"
+    main = accelerator is None or accelerator.is_main_process
+    if cached.exists():
+        logps = torch.load(cached)
+    else:
+        logps = compute_reference_logps(model, items, tuple(roles), accelerator=accelerator, **kwargs)
+        if main:
+            tmp = cached.with_suffix(".tmp")
+            torch.save(logps, tmp)
+            tmp.replace(cached)
+    if main:
+        torch.save(logps, run_file)
+    return logps

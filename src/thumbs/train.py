@@ -1,0 +1,456 @@
+"""One training loop for every method (KTO, DPO, SFT): setup, loop, save.
+
+A method (``thumbs.methods``) says which sequences an example needs and how its loss reads their
+log-probs; everything else is here and shared: data, reference log-probs, LoRA or full, Accelerate,
+accumulation, clipping, schedule, checkpoint/resume, metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from thumbs.config import Config, load_config
+from thumbs.errors import ThumbsError
+
+
+def _precision(cfg: Config) -> str:
+    import torch
+
+    wanted = cfg.train.precision
+    if wanted == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no"}.get(wanted, wanted)
+
+
+def model_source(cfg: Config, run_dir: Path) -> str:
+    """A local path for the starting model: ``tiny`` is built into the run folder, ``default`` cached."""
+    from thumbs.models import resolve_model, save_tiny
+
+    if cfg.model.name_or_path == "tiny":
+        path = run_dir / "base_model"
+        if not (path / "config.json").exists():
+            save_tiny(path, seed=cfg.train.seed, **cfg.model.tiny)
+        return str(path)
+    return resolve_model(cfg.model.name_or_path)
+
+
+def training_table(cfg: Config):
+    """Examples for the method, after the feedback options; plus what was done to them."""
+    import pyarrow.compute as pc
+
+    from thumbs.data.examples import load_examples
+    from thumbs.pairing import feedback_from_pairs, pairs_from_feedback
+
+    table = load_examples(cfg.data.train, split="train")
+    paired = "chosen" in table.column_names
+    summary: dict = {"source_rows": table.num_rows, "paired_input": paired}
+    if cfg.data.limit:  # a seeded sample, never the head of a file ordered by label
+        order = list(range(table.num_rows))
+        random.Random(cfg.train.seed).shuffle(order)
+        table = table.take(sorted(order[: cfg.data.limit]))
+    if not paired:
+        from thumbs.data.weighting import apply_feedback_options
+
+        table, options = apply_feedback_options(
+            table,
+            deployment_positive_rate=cfg.data.deployment_positive_rate,
+            user_balance=cfg.data.user_balance,
+            max_user_share=cfg.data.max_user_share,
+            aggregate=cfg.data.aggregate,
+            min_agreement=cfg.data.min_agreement,
+        )
+        summary["feedback_options"] = options
+    if cfg.method == "dpo" and not paired:
+        table, pairing = pairs_from_feedback(
+            table,
+            pairing=cfg.dpo.pairing,
+            max_pairs_per_prompt=cfg.dpo.max_pairs_per_prompt,
+            seed=cfg.train.seed,
+        )
+        summary["pairing"] = pairing
+        if table.num_rows == 0:
+            raise ThumbsError(
+                "DPO found no pairs: no prompt has both a thumbs-up and a thumbs-down completion",
+                hint="use method: kto, which needs no pairs",
+            )
+    elif cfg.method != "dpo" and paired:
+        table = feedback_from_pairs(table)
+    if cfg.method == "sft":
+        table = table.filter(table["label"])
+    if cfg.method in ("kto", "sft"):
+        n_desirable = pc.sum(table["label"]).as_py() or 0
+        summary["desirable"], summary["undesirable"] = n_desirable, table.num_rows - n_desirable
+    summary["examples"] = table.num_rows
+    if table.num_rows == 0:
+        raise ThumbsError("no training examples left", hint="check data.train and the data options")
+    return table, summary
+
+
+def class_weights(cfg: Config, summary: dict) -> None:
+    """Resolve ``auto`` KTO class weights by the paper's rule from the class counts (logged)."""
+    if cfg.method != "kto":
+        return
+    n_d, n_u = summary["desirable"], summary["undesirable"]
+    auto = [k for k in ("desirable_weight", "undesirable_weight") if getattr(cfg.kto, k) == "auto"]
+    if auto and (n_d == 0 or n_u == 0):
+        empty = "thumbs-up" if n_d == 0 else "thumbs-down"
+        raise ThumbsError(
+            f"class weights are 'auto' but the data has no {empty} examples ({n_d} up, {n_u} down)",
+            hint="give numeric kto.desirable_weight / kto.undesirable_weight, or add examples of both classes",
+        )
+    if auto:
+        from thumbs.data.weighting import recommended_class_weights
+
+        lam_d, lam_u = recommended_class_weights(n_d, n_u, cfg.data.deployment_positive_rate)
+        if cfg.kto.desirable_weight == "auto":
+            cfg.kto.desirable_weight = lam_d
+        if cfg.kto.undesirable_weight == "auto":
+            cfg.kto.undesirable_weight = lam_u
+    summary["class_weights"] = {
+        "desirable": cfg.kto.desirable_weight,
+        "undesirable": cfg.kto.undesirable_weight,
+    }
+    if n_d and n_u:
+        ratio = cfg.kto.desirable_weight * n_d / (cfg.kto.undesirable_weight * n_u)
+        summary["class_weights"]["weighted_ratio"] = ratio
+        if not 1 <= ratio <= 4 / 3:
+            print(
+                f"thumbs: note: λ_D·n_D/(λ_U·n_U) = {ratio:.2f}, outside the paper's [1, 4/3]; see `thumbs audit`"
+            )
+
+
+def epoch_microbatches(lengths: list[int], size: int, epoch: int, seed: int, group: bool) -> list[list[int]]:
+    """The global microbatches of one epoch: a seeded shuffle, then (optionally) similar lengths
+    grouped inside windows of 32 microbatches, whose order is shuffled again. Never ordered by label.
+    A final partial microbatch is dropped (the next epoch reshuffles, so nothing is always left out).
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group:
+        window = size * 32
+        order = [
+            i
+            for s in range(0, len(order), window)
+            for i in sorted(order[s : s + window], key=lengths.__getitem__)
+        ]
+    batches = [order[s : s + size] for s in range(0, len(order) - size + 1, size)]
+    if group:
+        rng.shuffle(batches)
+    return batches
+
+
+def train(cfg: Config, *, resume: bool = False) -> Path:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from thumbs.checkpoint import load_checkpoint, save_checkpoint
+    from thumbs.logprobs import CompletionLogps
+    from thumbs.methods import METHODS, build_items
+    from thumbs.models import load_model, load_tokenizer
+    from thumbs.reference import reference_logps
+    from thumbs.tokenize import Encoder, collate
+
+    accelerator = Accelerator(mixed_precision=_precision(cfg))
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    run_dir = Path(cfg.output_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if not resume and (run_dir / "final").exists():
+        raise ThumbsError(
+            "the output folder already holds a finished run",
+            file=str(run_dir),
+            hint="pass --resume or another --output-dir",
+        )
+    set_seed(cfg.train.seed)
+    say = print if main else (lambda *a, **k: None)
+
+    # ---- setup: data, model, reference --------------------------------------------------------
+    source = model_source(cfg, run_dir) if main else None
+    accelerator.wait_for_everyone()
+    source = source or model_source(cfg, run_dir)
+    cfg.model.name_or_path = source
+    method = METHODS[cfg.method]
+    table, summary = training_table(cfg)
+    class_weights(cfg, summary)
+    if main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        say(f"thumbs: {cfg.method} run in {run_dir} on {world} process(es)\n" + cfg.to_yaml())
+
+    tokenizer = load_tokenizer(source)
+    items = build_items(
+        cfg.method, table, Encoder(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length), cfg.train.seed
+    )
+    summary.update(items.summary)
+    say(f"thumbs: {len(items)} examples; {json.dumps(items.summary)}")
+
+    model = load_model(source)
+    if cfg.model.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.model.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+            ),
+        )
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.model.lora.enabled:
+            model.enable_input_require_grads()
+    model.to(accelerator.device)
+    ref = reference_logps(
+        model, items, method.ref_roles, run_dir=run_dir, max_length=cfg.data.max_length, accelerator=accelerator,
+        pad_id=tokenizer.pad_token_id, batch_size=cfg.train.ref_batch_size, chunk_size=cfg.train.logps_chunk_size,
+    )  # fmt: skip
+
+    micro = cfg.train.batch_size
+    global_micro = micro * world
+    per_epoch = len(items) // global_micro
+    if per_epoch == 0:
+        raise ThumbsError(
+            f"{len(items)} examples cannot fill one microbatch of {micro} on {world} process(es)",
+            hint="lower train.batch_size or add data",
+        )
+    total_steps = cfg.train.max_steps or max(
+        1, math.floor(cfg.train.epochs * per_epoch / cfg.train.grad_accum)
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    scheduler = get_scheduler(
+        {"constant": "constant_with_warmup"}.get(cfg.train.schedule, cfg.train.schedule),
+        optimizer,
+        num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    wrapped, optimizer = accelerator.prepare(CompletionLogps(model, cfg.train.logps_chunk_size), optimizer)
+    start = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator) if resume else 0
+    if main:
+        (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _truncate_metrics(run_dir / "metrics.jsonl", start)
+    say(
+        f"thumbs: {total_steps} optimizer steps of {global_micro * cfg.train.grad_accum} examples"
+        + (f", resuming at step {start}" if start else "")
+    )
+
+    all_reduce = torch.distributed.all_reduce if world > 1 else None
+    lengths = items.lengths()
+    epochs: dict[int, list[list[int]]] = {}
+
+    def microbatch(k: int) -> list[int]:
+        epoch, j = divmod(k, per_epoch)
+        if epoch not in epochs:
+            epochs.clear()
+            epochs[epoch] = epoch_microbatches(
+                lengths, global_micro, epoch, cfg.train.seed, cfg.train.group_by_length
+            )
+        return epochs[epoch][j][rank * micro : (rank + 1) * micro]
+
+    def forward(role_names, index):
+        seqs = [items.seqs[role][i] for role in role_names for i in index]
+        batch = {k: v.to(accelerator.device) for k, v in collate(seqs, tokenizer.pad_token_id).items()}
+        logps, tokens = wrapped(**batch)
+        n = len(index)
+        return (
+            {r: logps[j * n : (j + 1) * n] for j, r in enumerate(role_names)},
+            {r: tokens[j * n : (j + 1) * n] for j, r in enumerate(role_names)},
+            int(batch["attention_mask"].sum()),
+        )
+
+    # ---- loop ------------------------------------------------------------------------------------
+    model.train()
+    sums: dict = {}
+    interval = {"kl": 0.0, "micro": 0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
+    bar = tqdm(total=total_steps, initial=start, disable=not main, desc=cfg.method, dynamic_ncols=True)
+    step = start
+    try:
+        while step < total_steps:
+            for a in range(cfg.train.grad_accum):
+                index = microbatch(step * cfg.train.grad_accum + a)
+                label = items.label[index].to(accelerator.device)
+                weight = items.weight[index].to(accelerator.device)
+                policy, tokens = {}, {}
+                with torch.no_grad():
+                    if method.nograd_roles:
+                        p, _, _ = forward(method.nograd_roles, index)
+                        policy.update(p)
+                sync = a == cfg.train.grad_accum - 1
+                ctx = accelerator.no_sync(wrapped) if not sync else _null()
+                with ctx, accelerator.autocast():
+                    p, t, real_tokens = forward(method.grad_roles, index)
+                    policy.update(p)
+                    tokens.update(t)
+                    ref_b = {r: ref[r][index].to(accelerator.device) for r in method.ref_roles}
+                    losses, metrics = method.loss(policy, tokens, ref_b, label, cfg, all_reduce)
+                    # mean over the accumulated global batch; DDP averages gradients over processes
+                    loss = (losses * weight).sum() * world / (global_micro * cfg.train.grad_accum)
+                    accelerator.backward(loss)
+                interval["kl"] += float(metrics.pop("kl", 0.0))
+                interval["micro"] += 1
+                interval["tokens"] += real_tokens
+                metrics["loss_sum"] = (losses * weight).detach().sum()
+                metrics["count"] = torch.tensor(float(len(index)), device=accelerator.device)
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()
+            if cfg.train.max_grad_norm:
+                norm = accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
+            else:
+                norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            interval["grad_norm"] += float(norm)
+            interval["steps"] += 1
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                record = _log_record(step, per_epoch, cfg, sums, interval, scheduler, accelerator)
+                if main:
+                    with (run_dir / "metrics.jsonl").open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    bar.set_postfix(
+                        {
+                            k.split("/")[-1]: f"{record[k]:.3g}"
+                            for k in ("loss", "kl", "rewards/margin")
+                            if k in record
+                        }
+                    )
+                sums = {}
+                interval = {
+                    "kl": 0.0,
+                    "micro": 0,
+                    "grad_norm": 0.0,
+                    "steps": 0,
+                    "tokens": 0,
+                    "t0": time.perf_counter(),
+                }
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
+                save_checkpoint(
+                    run_dir, step, model, optimizer, scheduler, accelerator, cfg.train.save_total_limit
+                )
+    except KeyboardInterrupt:
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)
+        path = save_checkpoint(
+            run_dir, step, model, optimizer, scheduler, accelerator, cfg.train.save_total_limit
+        )
+        say(f"\nthumbs: interrupted; saved {path}. Continue with --resume.")
+        raise
+    bar.close()
+
+    # ---- save ------------------------------------------------------------------------------------
+    if main:
+        _save_final(model, tokenizer, run_dir, cfg)
+        say(
+            f"thumbs: done. Run folder: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  model:   {run_dir / 'final'}"
+        )
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _log_record(step, per_epoch, cfg, sums, interval, scheduler, accelerator) -> dict:
+    keys = sorted(sums)
+    totals = dict(
+        zip(keys, accelerator.reduce(__import__("torch").stack([sums[k] for k in keys]), "sum").tolist())
+    )
+    seconds = time.perf_counter() - interval["t0"]
+    tokens = accelerator.reduce(
+        __import__("torch").tensor(float(interval["tokens"]), device=accelerator.device), "sum"
+    )
+    record = {
+        "step": step,
+        "epoch": round(step * cfg.train.grad_accum / per_epoch, 4),
+        "loss": totals["loss_sum"] / max(totals["count"], 1),
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": interval["grad_norm"] / max(interval["steps"], 1),
+        "tokens_per_second": float(tokens) / max(seconds, 1e-9),
+        "examples": int(totals["count"]),
+    }
+    if cfg.method == "kto":
+        record["kl"] = interval["kl"] / max(interval["micro"], 1)
+        for cls in ("desirable", "undesirable"):
+            if totals[f"rewards/{cls}_count"]:
+                record[f"rewards/{cls}"] = totals[f"rewards/{cls}_sum"] / totals[f"rewards/{cls}_count"]
+                record[f"logps/{cls}"] = totals[f"logps/{cls}_sum"] / totals[f"rewards/{cls}_count"]
+        if "rewards/desirable" in record and "rewards/undesirable" in record:
+            record["rewards/margin"] = record["rewards/desirable"] - record["rewards/undesirable"]
+    elif cfg.method == "dpo":
+        n = max(totals["pairs_count"], 1)
+        record["rewards/chosen"] = totals["rewards/chosen_sum"] / n
+        record["rewards/rejected"] = totals["rewards/rejected_sum"] / n
+        record["rewards/margin"] = record["rewards/chosen"] - record["rewards/rejected"]
+        record["rewards/accuracy"] = totals["rewards/accuracy_sum"] / n
+    else:
+        record["nll"] = totals["nll_sum"] / max(totals["nll_count"], 1)
+    return record
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged steps after the checkpoint: they are about to be logged again."""
+    if not path.exists():
+        return
+    kept = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _save_final(model, tokenizer, run_dir: Path, cfg: Config) -> None:
+    import os
+    import shutil
+
+    final, tmp = run_dir / "final", run_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if cfg.model.lora.enabled and cfg.model.merge_lora:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(tmp / "merged")
+        tokenizer.save_pretrained(tmp / "merged")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def train_command(
+    config: Path = typer.Argument(..., help="YAML config (see examples/)."),
+    output_dir: str = typer.Option(None, "--output-dir", "-o", help="Run folder (overrides output_dir)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.max_steps=10"),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the last checkpoint in the run folder."
+    ),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (Accelerate/torch.distributed)."),
+):
+    """Train with KTO, DPO or SFT from a config."""
+    overrides = list(set_) + ([f"output_dir={output_dir}"] if output_dir else [])
+    cfg = load_config(config, overrides)
+    if resume and (Path(cfg.output_dir) / "config.yaml").exists():
+        saved = load_config(Path(cfg.output_dir) / "config.yaml")
+        cfg.model.name_or_path = saved.model.name_or_path
+    if nproc > 1:
+        from thumbs.distributed import launch
+
+        raise typer.Exit(launch(nproc, sys.argv[1:]))
+    try:
+        train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
