@@ -141,7 +141,7 @@ def test_input_weights_are_kept_and_multiplied():
     assert out.column("weight").to_pylist() == pytest.approx([1.5, 1.5])  # equal users, total 3 kept
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     st.lists(
         st.tuples(st.integers(0, 5), st.booleans(), st.sampled_from(["a", "b", "c", "d", None])),

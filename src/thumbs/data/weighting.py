@@ -64,13 +64,7 @@ def deployment_weights(n_desirable: float, n_undesirable: float, deployment_posi
     λ_D·n_D / (λ_D·n_D + λ_U·n_U) = π, i.e. λ_D·n_D/(λ_U·n_U) = π/(1−π), with the smaller weight 1.
     """
     _check_counts(n_desirable, n_undesirable)
-    rate = deployment_positive_rate
-    if not 0.0 < rate < 1.0:
-        raise ThumbsError(
-            f"deployment_positive_rate must lie strictly between 0 and 1, got {rate}",
-            field="deployment_positive_rate",
-            hint="give the share of responses that are good in deployment, e.g. 0.7",
-        )
+    rate = check_deployment_rate(deployment_positive_rate)
     target, natural = rate / (1.0 - rate), n_desirable / n_undesirable
     desirable, undesirable = (target / natural, 1.0) if target >= natural else (1.0, natural / target)
     return {
@@ -80,6 +74,16 @@ def deployment_weights(n_desirable: float, n_undesirable: float, deployment_posi
         "desirable_weight": desirable,
         "undesirable_weight": undesirable,
     }
+
+
+def check_deployment_rate(rate: float) -> float:
+    if not 0.0 < rate < 1.0:
+        raise ThumbsError(
+            f"deployment_positive_rate must lie strictly between 0 and 1, got {rate}",
+            field="deployment_positive_rate",
+            hint="give the share of responses that are good in deployment, e.g. 0.7",
+        )
+    return rate
 
 
 def recommended_class_weights(
