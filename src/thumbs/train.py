@@ -34,7 +34,7 @@ def model_source(cfg: Config, run_dir: Path) -> str:
     from thumbs.models import resolve_model, save_tiny
 
     if cfg.model.name_or_path == "tiny":
-        path = run_dir / "base_model"
+        path = (run_dir / "base_model").resolve()
         if not (path / "config.json").exists():
             save_tiny(path, seed=cfg.train.seed, **cfg.model.tiny)
         return str(path)
@@ -176,14 +176,14 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     set_seed(cfg.train.seed)
     say = print if main else (lambda *a, **k: None)
 
-    # ---- setup: data, model, reference --------------------------------------------------------
+    # ---- setup: data (checked before any model loads), model, reference -------------------------
+    method = METHODS[cfg.method]
+    table, summary = training_table(cfg)
+    class_weights(cfg, summary)
     source = model_source(cfg, run_dir) if main else None
     accelerator.wait_for_everyone()
     source = source or model_source(cfg, run_dir)
     cfg.model.name_or_path = source
-    method = METHODS[cfg.method]
-    table, summary = training_table(cfg)
-    class_weights(cfg, summary)
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         say(f"thumbs: {cfg.method} run in {run_dir} on {world} process(es)\n" + cfg.to_yaml())

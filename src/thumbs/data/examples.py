@@ -9,6 +9,7 @@ Sources: Parquet, JSONL, an ingest output folder (``events.parquet``), or ``buil
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -66,7 +67,7 @@ def _read(source: str) -> pa.Table:
 
 
 def _read_jsonl(path: Path) -> pa.Table:
-    rows = []
+    rows, lines = [], []
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -85,10 +86,33 @@ def _read_jsonl(path: Path) -> pa.Table:
             if isinstance(row.get("prompt"), list):  # chat prompts travel as JSON text
                 row["prompt"] = json.dumps(row["prompt"], ensure_ascii=False)
             rows.append(row)
+            lines.append(number)
     if not rows:
         return pa.table({})
     columns = sorted({key for row in rows for key in row})
-    return pa.table({c: [row.get(c) for row in rows] for c in columns})
+    return pa.table({c: _column([row.get(c) for row in rows], c, path, lines) for c in columns})
+
+
+def _column(values: list, name: str, path: Path, lines: list[int]) -> pa.Array:
+    """One JSONL field as an Arrow array; a row whose type differs from the rest is named."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        kinds = Counter(type(v) for v in values if v is not None)
+        common = kinds.most_common(1)[0][0]
+        row = next(i for i, v in enumerate(values) if v is not None and type(v) is not common)
+        what = f"{values[row]!r} is a {type(values[row]).__name__} where other rows hold {common.__name__}"
+        if name == "label":
+            what = f"label {values[row]!r} is not a boolean"
+        raise ThumbsError(
+            what,
+            file=str(path),
+            row=lines[row],
+            field=name,
+            hint="use true (thumbs up) / false (thumbs down); `thumbs ingest` maps ratings, likes and 👍/👎"
+            if name == "label"
+            else "make the field the same type in every row",
+        ) from None
 
 
 def _check(table: pa.Table, source: str, required: tuple[str, ...]) -> None:
