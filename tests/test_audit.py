@@ -101,14 +101,16 @@ def test_a_users_repeat_votes_count_once():
 # --- users ---------------------------------------------------------------------------------------
 
 
-def test_planted_heavy_downvoters_are_found_and_no_one_else():
-    table, planted, decoys = planted_downvoters()
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_planted_heavy_downvoters_are_found_and_no_one_else(seed):
+    table, planted, decoys = planted_downvoters(seed)
     users = audit(table)["users"]
     flagged = {u["user_id"] for u in users["heavy_downvoters"]["users"]}
     assert flagged == planted
     assert not flagged & decoys
     heavy = users["heavy_downvoters"]
-    assert 0.2 < heavy["baseline_downvote_rate"] < 0.4
+    assert 0.2 < heavy["median_user_downvote_rate"] < 0.4
+    assert heavy["median_user_downvote_rate"] + 0.3 < heavy["rate_threshold"] < 0.9
     assert heavy["share_of_downvotes"] == pytest.approx(
         sum(u["downvotes"] for u in heavy["users"]) / (~table.column("label").to_numpy()).sum()
     )
@@ -117,6 +119,7 @@ def test_planted_heavy_downvoters_are_found_and_no_one_else():
 def test_heavy_downvoter_thresholds_are_options():
     table, planted, _ = planted_downvoters()
     assert audit(table, heavy_rate_margin=0.7)["users"]["heavy_downvoters"]["count"] == 0
+    assert audit(table, heavy_rate_z=4.5)["users"]["heavy_downvoters"]["count"] == 0
     assert audit(table, heavy_min_votes=1_000)["users"]["heavy_downvoters"]["count"] == 0
     assert audit(table, heavy_volume_ratio=1.0, heavy_min_votes=5)["users"]["heavy_downvoters"]["count"] >= 4
 

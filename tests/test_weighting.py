@@ -275,5 +275,8 @@ def test_bad_tables_are_refused_clearly():
             pa.table({"prompt": ["p", "p"], "completion": ["c", "d"], "label": [True, None]})
         )
     assert err.value.row == 1
+    with pytest.raises(ThumbsError, match="finite number") as err:
+        apply_feedback_options(examples(VOTES[:2], weight=[1.0, -2.0]))
+    assert (err.value.row, err.value.field) == (1, "weight")
     with pytest.raises(ThumbsError, match="every completion was a tie"):
         apply_feedback_options(examples(VOTES[7:9]), aggregate="majority")

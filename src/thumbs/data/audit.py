@@ -34,6 +34,7 @@ def audit(
     deployment_positive_rate: float | None = None,
     heavy_volume_ratio: float = HEAVY_DEFAULTS["volume_ratio"],
     heavy_min_votes: int = HEAVY_DEFAULTS["min_votes"],
+    heavy_rate_z: float = HEAVY_DEFAULTS["rate_z"],
     heavy_rate_margin: float = HEAVY_DEFAULTS["rate_margin"],
     heavy_alpha: float = HEAVY_DEFAULTS["alpha"],
 ) -> dict:
@@ -55,6 +56,7 @@ def audit(
             con,
             volume_ratio=heavy_volume_ratio,
             min_votes=heavy_min_votes,
+            rate_z=heavy_rate_z,
             rate_margin=heavy_rate_margin,
             alpha=heavy_alpha,
         ),
@@ -288,9 +290,13 @@ def audit_command(
     heavy_min_votes: int = typer.Option(
         HEAVY_DEFAULTS["min_votes"], help="Heavy downvoter: at least this many votes."
     ),
+    heavy_rate_z: float = typer.Option(
+        HEAVY_DEFAULTS["rate_z"],
+        help="Heavy downvoter: downvote rate this many robust SDs (1.4826·MAD) above the median user's.",
+    ),
     heavy_rate_margin: float = typer.Option(
         HEAVY_DEFAULTS["rate_margin"],
-        help="Heavy downvoter: downvote rate at least this far above the baseline.",
+        help="Heavy downvoter: and at least this far above the median user's rate.",
     ),
     heavy_alpha: float = typer.Option(
         HEAVY_DEFAULTS["alpha"], help="Heavy downvoter: binomial test level, Bonferroni over users."
@@ -303,6 +309,7 @@ def audit_command(
             deployment_positive_rate=deployment_positive_rate,
             heavy_volume_ratio=heavy_volume_ratio,
             heavy_min_votes=heavy_min_votes,
+            heavy_rate_z=heavy_rate_z,
             heavy_rate_margin=heavy_rate_margin,
             heavy_alpha=heavy_alpha,
         )

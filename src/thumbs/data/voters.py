@@ -12,7 +12,7 @@ import math
 import duckdb
 import numpy as np
 
-HEAVY_DEFAULTS = {"volume_ratio": 5.0, "min_votes": 20, "rate_margin": 0.25, "alpha": 0.01}
+HEAVY_DEFAULTS = {"volume_ratio": 5.0, "min_votes": 20, "rate_z": 3.0, "rate_margin": 0.2, "alpha": 0.01}
 RATE_MIN_VOTES = 5  # users with fewer votes have too coarse a rate for the rate distribution
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 HISTOGRAM_BINS = 10
@@ -97,6 +97,7 @@ def heavy_downvoters(
     *,
     volume_ratio: float = HEAVY_DEFAULTS["volume_ratio"],
     min_votes: int = HEAVY_DEFAULTS["min_votes"],
+    rate_z: float = HEAVY_DEFAULTS["rate_z"],
     rate_margin: float = HEAVY_DEFAULTS["rate_margin"],
     alpha: float = HEAVY_DEFAULTS["alpha"],
 ) -> dict:
@@ -105,33 +106,38 @@ def heavy_downvoters(
     A user is a heavy downvoter when all three hold:
 
     1. volume: votes ≥ max(``min_votes``, ``volume_ratio`` × the median user's votes);
-    2. rate: downvote rate ≥ baseline + ``rate_margin``, where the baseline is the pooled downvote
-       rate of the users below that volume (the ordinary population, so the heavy voters cannot
-       raise their own yardstick);
-    3. not chance: the one-sided binomial test of their downvotes against the baseline rate gives
+    2. rate: downvote rate ≥ m + max(``rate_margin``, ``rate_z`` × 1.4826 × MAD), where m and MAD
+       are the median and the median absolute deviation of the per-user downvote rates (users with
+       at least RATE_MIN_VOTES votes); 1.4826 × MAD estimates a standard deviation;
+    3. not chance: the one-sided binomial test of their downvotes against the rate m gives
        p ≤ ``alpha`` / (number of users) (Bonferroni over every user).
 
-    The median resists a few extreme voters; the margin keeps merely busy users with a slightly
-    sour taste out; the test keeps a short lucky streak out.
+    Medians resist the few extreme voters the rule looks for, so they cannot raise their own
+    yardstick. Measuring "far above" in the population's own spread keeps busy users with an
+    ordinary sour taste out; the margin is a floor for populations that barely vary; the test
+    keeps a short lucky streak out. The spread includes the sampling noise of light voters, which
+    only makes the rule stricter.
     """
-    users, median_votes = con.execute("SELECT count(*), median(votes) FROM per_user").fetchall()[0]
-    threshold = max(float(min_votes), volume_ratio * float(median_votes))
-    baseline = con.execute(
-        """SELECT coalesce(sum(downvotes) FILTER (WHERE votes < $1) / sum(votes) FILTER (WHERE votes < $1),
-                           sum(downvotes) / sum(votes))
-           FROM per_user""",
-        [threshold],
-    ).fetchall()[0][0]
+    users, median_votes, pooled = con.execute(
+        "SELECT count(*), median(votes), sum(downvotes) / sum(votes) FROM per_user"
+    ).fetchall()[0]
+    volume = max(float(min_votes), volume_ratio * float(median_votes))
+    center, spread = con.execute(
+        f"""SELECT median(downvotes / votes), 1.4826 * mad(downvotes / votes)
+            FROM per_user WHERE votes >= {RATE_MIN_VOTES}"""
+    ).fetchall()[0]
+    if center is None:  # nobody has enough votes for a rate: the pooled rate, and the margin alone
+        center, spread = pooled, 0.0
+    rate = center + max(rate_margin, rate_z * spread)
     candidates = con.execute(
         """SELECT user_id, votes, downvotes FROM per_user
            WHERE votes >= $1 AND downvotes / votes >= $2 ORDER BY downvotes DESC, user_id""",
-        [threshold, baseline + rate_margin],
+        [volume, rate],
     ).fetchall()
-    level = alpha / users
     flagged = []
     for user_id, votes, down in candidates:
-        p_value = binomial_upper_tail(down, votes, baseline)
-        if p_value <= level:
+        p_value = binomial_upper_tail(down, votes, center)
+        if p_value <= alpha / users:
             flagged.append(
                 {
                     "user_id": user_id,
@@ -142,17 +148,20 @@ def heavy_downvoters(
                 }
             )
     return {
-        "rule": "votes ≥ max(min_votes, volume_ratio × median votes per user), downvote rate ≥ baseline + "
-        "rate_margin, and one-sided binomial p ≤ alpha / users against the baseline; baseline = pooled "
-        "downvote rate of the users below the volume threshold",
+        "rule": "votes ≥ max(min_votes, volume_ratio × median votes per user); downvote rate ≥ median user rate "
+        "+ max(rate_margin, rate_z × 1.4826 × MAD of user rates); one-sided binomial p ≤ alpha / users "
+        "against the median user rate",
         "thresholds": {
             "volume_ratio": volume_ratio,
             "min_votes": min_votes,
+            "rate_z": rate_z,
             "rate_margin": rate_margin,
             "alpha": alpha,
         },
-        "volume_threshold": threshold,
-        "baseline_downvote_rate": baseline,
+        "volume_threshold": volume,
+        "median_user_downvote_rate": center,
+        "user_rate_spread": spread,
+        "rate_threshold": rate,
         "count": len(flagged),
         "users": flagged,
     }

@@ -247,6 +247,13 @@ def _as_arrow(table) -> pa.Table:
             field="label",
             hint="drop or label them",
         )
+    if "weight" in table.column_names:
+        weight = table.column("weight").cast(pa.float64()).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~(np.isnan(weight) | ((weight >= 0) & np.isfinite(weight))))
+        if len(bad):
+            raise ThumbsError(
+                f"weight must be a finite number ≥ 0, found {weight[bad[0]]}", row=int(bad[0]), field="weight"
+            )
     return table.append_column("__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
 
