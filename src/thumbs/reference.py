@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -79,23 +80,37 @@ def compute_reference_logps(
 def reference_logps(
     model, items: Items, roles, *, run_dir: Path, max_length: int, accelerator=None, **kwargs
 ):
-    """Load from the run folder (resume), else the global cache, else compute and store in both."""
-    run_file = Path(run_dir) / "reference_logps.pt"
+    """Load from the run folder (resume), else the global cache, else compute and store in both.
+
+    Under several processes only the main process reads and writes these files and hands what it
+    found to the others, so no rank reads a file while another writes it, and all ranks take the
+    same path: compute together (sharded), or not at all.
+    """
     if not roles:
         return {}
-    if run_file.exists():
-        return torch.load(run_file)
-    key = fingerprint(model, items, tuple(roles), max_length)
-    cached = cache_dir("reference") / f"{key}.pt"
     main = accelerator is None or accelerator.is_main_process
-    if cached.exists():
-        logps = torch.load(cached)
-    else:
+    run_file, cached, logps = Path(run_dir) / "reference_logps.pt", None, None
+    if main:
+        if run_file.exists():
+            logps = torch.load(run_file)
+        else:
+            key = fingerprint(model, items, tuple(roles), max_length)
+            cached = cache_dir("reference") / f"{key}.pt"
+            logps = torch.load(cached) if cached.exists() else None
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        logps = broadcast_object_list([logps])[0]
+    if logps is None:
         logps = compute_reference_logps(model, items, tuple(roles), accelerator=accelerator, **kwargs)
         if main:
-            tmp = cached.with_suffix(".tmp")
-            torch.save(logps, tmp)
-            tmp.replace(cached)
-    if main:
-        torch.save(logps, run_file)
+            _save_atomic(logps, cached)
+    if main and not run_file.exists():
+        _save_atomic(logps, run_file)
     return logps
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: runs may share the cache
+    torch.save(obj, tmp)
+    tmp.replace(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -161,7 +162,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     from thumbs.reference import reference_logps
     from thumbs.tokenize import Encoder, collate
 
-    accelerator = Accelerator(mixed_precision=_precision(cfg))
+    # under torchrun on a machine without GPUs Accelerate needs cpu=True, else each rank trains alone
+    spread = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=spread)
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     run_dir = Path(cfg.output_dir)
     if main:
@@ -194,6 +197,14 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     )
     summary.update(items.summary)
     say(f"thumbs: {len(items)} examples; {json.dumps(items.summary)}")
+    if world > 1:  # each rank takes its slice of one shared order: all must hold the same examples
+        digests = accelerator.gather(torch.tensor([_digest(items)], device=accelerator.device))
+        if len(set(digests.tolist())) > 1:
+            raise ThumbsError(
+                "the processes built different training examples from data.train",
+                file=str(cfg.data.train),
+                hint="every process (every node) must read the same files: put them on a shared path",
+            )
 
     model = load_model(source)
     if cfg.model.lora.enabled:
@@ -360,6 +371,14 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     return run_dir
 
 
+def _digest(items) -> int:
+    """A 63-bit fingerprint of the tokenized examples, their labels and weights, in order."""
+    import hashlib
+
+    content = repr((items.seqs, items.label.tolist(), items.weight.tolist())).encode()
+    return int.from_bytes(hashlib.blake2b(content, digest_size=7).digest(), "little")
+
+
 class _null:
     def __enter__(self):
         return self
@@ -370,9 +389,9 @@ class _null:
 
 def _log_record(step, per_epoch, cfg, sums, interval, scheduler, accelerator) -> dict:
     keys = sorted(sums)
-    totals = dict(
-        zip(keys, accelerator.reduce(__import__("torch").stack([sums[k] for k in keys]), "sum").tolist())
-    )
+    # some counts (SFT's) are made on the CPU: move them where the reduce runs
+    stacked = __import__("torch").stack([sums[k].to(accelerator.device) for k in keys])
+    totals = dict(zip(keys, accelerator.reduce(stacked, "sum").tolist()))
     seconds = time.perf_counter() - interval["t0"]
     tokens = accelerator.reduce(
         __import__("torch").tensor(float(interval["tokens"]), device=accelerator.device), "sum"

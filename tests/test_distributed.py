@@ -1,0 +1,173 @@
+"""Two processes (CPU, gloo) give the same training as one process with the same global batch.
+
+Every multi-process run is launched the way a user launches it, as a subprocess: `thumbs train
+--nproc 2` (torch.distributed's launcher) or `accelerate launch -m thumbs train`. The one-process
+runs it is compared with run in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import tiny_config, toy_feedback, write_jsonl
+from thumbs.distributed import strip_nproc
+from thumbs.train import epoch_microbatches, train
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_TIMEOUT = 100  # seconds; a hung collective fails the test instead of stalling the suite
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "adapter_model.safetensors")
+
+
+def _run(command: list[str], cache: Path) -> subprocess.CompletedProcess:
+    # a cache of its own: the processes compute the reference log-probs instead of finding them
+    env = {**os.environ, "THUMBS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT
+    )
+    if result.returncode not in (0, 2):
+        print(result.stdout[-4000:], result.stderr[-8000:])
+    return result
+
+
+def thumbs_nproc(cfg, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    path = Path(cfg.output_dir).parent / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.to_yaml())
+    return _run([sys.executable, "-m", "thumbs", "train", str(path), "--nproc", "2", *extra], cache)
+
+
+def accelerate_launch(config: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    accelerate = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--main_process_port", "0"]
+    return _run([sys.executable, *accelerate, "-m", "thumbs", "train", str(config), *extra], cache)
+
+
+def train_here(cfg, cache: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("THUMBS_CACHE", str(cache))
+    return train(cfg)
+
+
+def assert_same_training(one: Path, two: Path, atol: float = 1e-5) -> None:
+    a, b = _metrics(one), _metrics(two)
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for key in ("loss", "examples", "rewards/margin", "kl", "grad_norm"):
+        for x, y in zip(a, b):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], abs=atol), (key, x["step"])
+    wa, wb = _weights(one), _weights(two)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=atol), key
+
+
+@pytest.mark.timeout(150)
+def test_kto_on_two_processes_matches_one_process_with_twice_the_batch(tmp_path, monkeypatch):
+    rows = toy_feedback(64, seed=4)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    common = {"train__max_steps": 5, "train__grad_accum": 2}
+    one = train_here(
+        tiny_config(tmp_path / "one", data, train__batch_size=4, **common), tmp_path / "c1", monkeypatch
+    )
+    cfg = tiny_config(tmp_path / "two", data, train__batch_size=2, **common)
+    result = thumbs_nproc(cfg, tmp_path / "c2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = Path(cfg.output_dir)
+    assert_same_training(one, two)
+    assert all(m["examples"] == 8 for m in _metrics(two))  # 2 processes x 2 examples x 2 accumulated
+    # the reference was computed once, sharded over the two processes and gathered
+    ref_one, ref_two = torch.load(one / "reference_logps.pt"), torch.load(two / "reference_logps.pt")
+    for role in ("target", "kl"):
+        assert torch.allclose(ref_one[role], ref_two[role], atol=1e-4)
+    # only the main process wrote the shared files
+    assert result.stdout.count("thumbs: done") == 1
+    assert (two / "config.yaml").exists() and (two / "data_summary.json").exists()
+    # the comparison covered a step where one process held a single class and the other both
+    labels = [r["label"] for r in rows]
+    micro = [epoch_microbatches([0] * 64, 4, e, 0, False) for e in range(2)]
+    halves = [[{labels[i] for i in b[:2]}, {labels[i] for i in b[2:]}] for e in micro for b in e][:10]
+    assert any(sorted(map(len, h)) == [1, 2] for h in halves)
+
+
+@pytest.mark.timeout(150)
+def test_dpo_on_two_processes_matches_one_process_with_twice_the_batch(tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "d.jsonl", toy_feedback(80, seed=8))
+    common = {"method": "dpo", "train__max_steps": 4, "dpo__max_pairs_per_prompt": 2}
+    one = train_here(
+        tiny_config(tmp_path / "one", data, train__batch_size=4, **common), tmp_path / "c1", monkeypatch
+    )
+    assert json.loads((one / "data_summary.json").read_text())["examples"] >= 16
+    cfg = tiny_config(tmp_path / "two", data, train__batch_size=2, **common)
+    result = thumbs_nproc(cfg, tmp_path / "c2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_training(one, Path(cfg.output_dir))
+    assert all("rewards/accuracy" in m for m in _metrics(Path(cfg.output_dir)))
+
+
+@pytest.mark.timeout(200)
+def test_one_class_microbatches_train_and_resume_under_two_processes(tmp_path):
+    # one example per process: every microbatch of a process is one class, with one pair for z0;
+    # mostly thumbs-up, so often one process holds an up and the other a down, or both the same class
+    rows = toy_feedback(40, seed=9, p_up=0.8)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    common = {"train__batch_size": 1, "train__max_steps": 6, "train__save_every": 3}
+    common |= {"model__lora__dropout": 0.1, "kto__desirable_weight": 1.0, "kto__undesirable_weight": 1.0}
+    cfg = tiny_config(tmp_path / "full", data, **common)
+    result = thumbs_nproc(cfg, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    full = Path(cfg.output_dir)
+    metrics = _metrics(full)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    for record in metrics:
+        assert all(torch.isfinite(torch.tensor(float(record[k]))) for k in ("loss", "kl", "grad_norm"))
+        assert record["grad_norm"] > 0 and record["examples"] == 2
+    assert sorted(p.name for p in (full / "checkpoints" / "step-3").iterdir()) == [
+        "rng-0.pt",
+        "rng-1.pt",
+        "state.pt",
+    ]
+
+    # a run that stopped after its step-3 checkpoint, resumed through `accelerate launch`
+    stopped = tmp_path / "stopped" / "run"
+    shutil.copytree(full, stopped, ignore=shutil.ignore_patterns("final"))
+    result = accelerate_launch(
+        full.parent / "config.yaml", tmp_path / "cache", "-o", str(stopped), "--resume"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming at step 3" in result.stdout
+    resumed = _metrics(stopped)
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(metrics, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
+    wa, wb = _weights(full), _weights(stopped)
+    for key in wa:  # dropout is on: this holds only if every process got its own RNG state back
+        assert torch.allclose(wa[key], wb[key], atol=1e-6), key
+
+
+@pytest.mark.timeout(100)
+def test_an_error_on_every_process_exits_with_the_message_not_a_hang(tmp_path):
+    rows = [r for r in toy_feedback(30, seed=2) if r["label"]]  # no thumbs-down: DPO has no pairs
+    cfg = tiny_config(tmp_path, write_jsonl(tmp_path / "up.jsonl", rows), method="dpo")
+    result = thumbs_nproc(cfg, tmp_path / "cache")
+    assert result.returncode == 2
+    assert "DPO found no pairs" in result.stderr
+
+
+def test_launched_processes_do_not_launch_again():
+    argv = ["train", "c.yaml", "--nproc", "2", "--set", "train.max_steps=3", "--nproc=4", "--resume"]
+    assert strip_nproc(argv) == ["train", "c.yaml", "--set", "train.max_steps=3", "--resume"]
