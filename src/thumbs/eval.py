@@ -1,0 +1,328 @@
+"""`thumbs eval`: a trained policy against its starting model, on held-out prompts, under a judge.
+
+Both models sample n completions for the same prompts with the same random stream per sample
+(see thumbs.sampling), so the comparison is paired. What ``eval.json`` holds:
+
+- ``win_rate``: the share of samples where the judge scores the policy's completion above the
+  reference's, ties counting half. ``win_rate_ci``: the 95% Wilson score interval on that share.
+  Ties make an outcome's variance smaller than p(1-p), so with many ties the interval is wide
+  on the safe side.
+- ``reward``: the judge's mean score and its standard error, for the policy and the reference.
+- ``kl``: KL(π‖π_ref) in nats per completion, estimated from the policy's own samples as the mean
+  of log π(y|x) − log π_ref(y|x). Unbiased at temperature 1, top_p 1; other settings sample a
+  tempered policy and the number is only indicative.
+- ``length``: mean completion tokens (the stop token not counted); length drift is a known failure.
+- ``heldout_auc``: ROC AUC of the implicit reward β·(log π(y|x) − log π_ref(y|x)) against the
+  held-out thumbs labels: the chance that a random thumbs-up completion gets a higher implicit
+  reward than a random thumbs-down one (ties half). 0.5 is chance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from thumbs.errors import ThumbsError
+
+Z95 = 1.959963984540054
+SAMPLES_KEPT = 6  # sample completions written to eval.json for the report
+PROMPTS_HINT = (
+    "pass --prompts FILE: a text file with one prompt per line, or JSONL with a 'prompt' field "
+    "(text or a list of chat messages)"
+)
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion successes/n (successes may be fractional)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def win_rate(policy_scores, reference_scores) -> dict:
+    """Paired win rate of the policy (ties half) with its 95% Wilson interval and the counts."""
+    import numpy as np
+
+    policy, reference = np.asarray(policy_scores, float), np.asarray(reference_scores, float)
+    wins, ties = int(np.sum(policy > reference)), int(np.sum(policy == reference))
+    n = len(policy)
+    rate = (wins + 0.5 * ties) / n if n else float("nan")
+    low, high = wilson_interval(wins + 0.5 * ties, n)
+    return {
+        "win_rate": rate,
+        "win_rate_ci": [low, high],
+        "wins": wins,
+        "ties": ties,
+        "losses": n - wins - ties,
+    }
+
+
+def roc_auc(scores, labels) -> float | None:
+    """Rank-based ROC AUC (Mann-Whitney U / n_pos·n_neg), tied scores sharing their average rank.
+
+    None when one class is absent.
+    """
+    import numpy as np
+
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    _, group, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[group]  # 1-based average rank of each tie group
+    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def mean_stderr(values) -> dict:
+    import numpy as np
+
+    values = np.asarray(values, float)
+    stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return {"mean": float(values.mean()) if len(values) else None, "stderr": stderr}
+
+
+def _beta(config, beta: float | None) -> float:
+    if beta is not None:
+        return beta
+    if config is None:
+        return 0.1
+    return config.dpo.beta if config.method == "dpo" else config.kto.beta
+
+
+def _stop_trimmed(ids: list[int], stops: list[int]) -> list[int]:
+    return ids[:-1] if ids and ids[-1] in stops else ids
+
+
+def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: int) -> dict:
+    import numpy as np
+
+    from thumbs.sampling import sequence_logps
+
+    pairs = [
+        encoder.fit(encoder.prompt_ids(row["prompt"]), completion)
+        for row, completion in zip(rows, encoder.completion_ids([r["completion"] for r in rows]))
+    ]
+    prompts, completions = [p for p, _ in pairs], [c for _, c in pairs]
+    pad = models.tokenizer.pad_token_id
+    policy_logps = sequence_logps(models.policy, prompts, completions, pad, batch_size)
+    with models.reference_scope() as reference:
+        reference_logps = sequence_logps(reference, prompts, completions, pad, batch_size)
+    rewards = beta * (policy_logps - reference_logps)
+    labels = np.array([bool(r["label"]) for r in rows])
+    return {
+        "auc": roc_auc(rewards, labels),
+        "n": len(rows),
+        "desirable": int(labels.sum()),
+        "undesirable": int((~labels).sum()),
+        "reward_desirable": float(rewards[labels].mean()) if labels.any() else None,
+        "reward_undesirable": float(rewards[~labels].mean()) if (~labels).any() else None,
+    }
+
+
+def evaluate(
+    run_dir_or_model: str | Path,
+    reference: str | None = None,
+    prompts: str | Path | list | None = None,
+    judge: Any = "vader",
+    n: int = 64,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    *,
+    heldout: str | None = None,
+    max_heldout: int = 1000,
+    beta: float | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Evaluate a run (or a model folder) against its reference; write eval.json and return its dict.
+
+    ``prompts``: a file, a list, ``"eval-split"`` or None (the run's held-out prompts). ``heldout``:
+    labelled feedback for the AUC (default: the run's eval split), at most ``max_heldout`` rows.
+    ``out`` defaults to RUN/eval.json, or ./eval.json for a model folder.
+    """
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from thumbs.heldout import choose_prompts, heldout_feedback, prompt_text, read_prompts
+    from thumbs.judges import make_judge
+    from thumbs.policy import load_models, resolve_target
+    from thumbs.sampling import generate, sample_seed, sequence_logps, stop_ids
+    from thumbs.tokenize import Encoder
+
+    if n < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ThumbsError("n, max_new_tokens and batch_size must be at least 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ThumbsError("temperature must be ≥ 0 and top_p in (0, 1]")
+    started = time.perf_counter()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    run_dir, config, model_path = resolve_target(run_dir_or_model)
+    judge = make_judge(judge, device=device)  # a bad judge fails before any model loads
+
+    feedback, feedback_source = None, None
+    if heldout is not None:
+        feedback, feedback_source = heldout_feedback([heldout], whole=True), heldout
+    elif config is not None:
+        feedback, feedback_source = _run_feedback(config)
+    if feedback is not None and len(feedback) > max_heldout:
+        keep = np.sort(np.random.default_rng(seed).choice(len(feedback), max_heldout, replace=False))
+        feedback = [feedback[i] for i in keep]
+
+    if isinstance(prompts, list):
+        prompt_pool, prompt_source = prompts, "list"
+    elif prompts is None or prompts == "eval-split":
+        if not feedback:
+            where = (
+                "the run's data has no held-out (eval) split"
+                if config
+                else "a model folder brings no prompts"
+            )
+            raise ThumbsError(f"no prompts to sample: {where}", hint=PROMPTS_HINT)
+        prompt_pool, prompt_source = [row["prompt"] for row in feedback], f"eval-split of {feedback_source}"
+    else:
+        prompt_pool, prompt_source = read_prompts(Path(prompts)), str(prompts)
+    distinct, sample_prompts = choose_prompts(prompt_pool, n, seed)
+
+    default_reference = config.model.name_or_path if config is not None else None
+    models = load_models(model_path, reference, default_reference, device)
+    tokenizer = models.tokenizer
+    stops = stop_ids(models.policy, tokenizer)
+    encoder = Encoder(tokenizer, max_length=config.data.max_length if config else 1024)
+    prompt_ids = [encoder.prompt_ids(p) for p in sample_prompts]
+    seeds = [sample_seed(seed, i) for i in range(n)]
+    settings = dict(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
+    )
+
+    with tqdm(
+        total=2 * n, desc="sampling policy, then reference", unit="sample", disable=not progress
+    ) as bar:
+        policy_ids = generate(models.policy, tokenizer, prompt_ids, seeds, progress=bar, **settings)
+        with models.reference_scope() as ref_model:
+            reference_ids = generate(ref_model, tokenizer, prompt_ids, seeds, progress=bar, **settings)
+    # KL from the policy's own samples, scored under both models.
+    pad = tokenizer.pad_token_id
+    policy_logps = sequence_logps(models.policy, prompt_ids, policy_ids, pad, batch_size)
+    with models.reference_scope() as ref_model:
+        reference_logps = sequence_logps(ref_model, prompt_ids, policy_ids, pad, batch_size)
+
+    policy_texts = [
+        tokenizer.decode(_stop_trimmed(ids, stops), skip_special_tokens=True) for ids in policy_ids
+    ]
+    reference_texts = [
+        tokenizer.decode(_stop_trimmed(ids, stops), skip_special_tokens=True) for ids in reference_ids
+    ]
+    judge_prompts = [prompt_text(p, messages=True) for p in sample_prompts]
+    policy_scores = judge.score(judge_prompts, policy_texts)
+    reference_scores = judge.score(judge_prompts, reference_texts)
+
+    beta = _beta(config, beta)
+    heldout_result = _score_heldout(models, encoder, feedback, beta, batch_size) if feedback else None
+    result = {
+        "policy": models.policy_path,
+        "reference": models.reference_path,
+        "run_dir": str(run_dir) if run_dir else None,
+        "method": config.method if config else None,
+        "beta": beta,
+        "judge": judge.name,
+        "n": n,
+        "prompts": {"source": prompt_source, "distinct": distinct},
+        "sampling": {"seed": seed, **settings, "sampler": "inverse-cdf, one random stream per sample"},
+        **win_rate(policy_scores, reference_scores),
+        "win_rate_interval": "95% Wilson score interval, ties counted as half a win",
+        "reward": {"policy": mean_stderr(policy_scores), "reference": mean_stderr(reference_scores)},
+        "kl": mean_stderr(policy_logps - reference_logps),
+        "length": {
+            "policy": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in policy_ids])),
+            "reference": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in reference_ids])),
+            "stopped": {
+                "policy": float(np.mean([bool(ids) and ids[-1] in stops for ids in policy_ids])),
+                "reference": float(np.mean([bool(ids) and ids[-1] in stops for ids in reference_ids])),
+            },
+        },
+        "heldout_auc": heldout_result["auc"] if heldout_result else None,
+        "heldout": {**heldout_result, "source": feedback_source} if heldout_result else None,
+        "samples": [
+            {
+                "prompt": prompt_text(sample_prompts[i]),
+                "policy": policy_texts[i],
+                "reference": reference_texts[i],
+                "policy_score": policy_scores[i],
+                "reference_score": reference_scores[i],
+            }
+            for i in range(min(SAMPLES_KEPT, n))
+        ],
+        "device": device,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    out = Path(out) if out else (run_dir / "eval.json" if run_dir else Path("eval.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    result["path"] = str(out)
+    return result
+
+
+def _run_feedback(config) -> tuple[list[dict] | None, str | None]:
+    """Held-out feedback of a run: data.eval when set, else the eval-split rows of data.train."""
+    from thumbs.heldout import heldout_feedback
+
+    if config.data.eval:
+        return heldout_feedback([config.data.eval], whole=True), config.data.eval
+    sources = [config.data.train] if isinstance(config.data.train, str) else list(config.data.train)
+    sources = [s for s in sources if not s.startswith("builtin:")]
+    rows = heldout_feedback(sources, whole=False) if sources else None
+    return (rows, ", ".join(sources)) if rows else (None, None)
+
+
+def eval_command(
+    target: str = typer.Argument(..., help="A run directory (config.yaml + final/) or a model folder."),
+    reference: str | None = typer.Option(None, help="Reference model (default: the run's starting model)."),
+    prompts: str | None = typer.Option(
+        None, help="FILE (text, one prompt per line, or JSONL with 'prompt') or eval-split (default)."
+    ),
+    judge: str = typer.Option("vader", help="vader | hf:PATH | python:MODULE:FUNCTION"),
+    n: int = typer.Option(64, help="Samples per model."),
+    seed: int = typer.Option(0, help="Sampling seed; sample i of both models shares a stream."),
+    max_new_tokens: int = typer.Option(64, help="Longest completion, in tokens."),
+    temperature: float = typer.Option(1.0, help="1.0 keeps the KL estimate unbiased; 0 is greedy."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling; 1.0 keeps the KL estimate unbiased."),
+    batch_size: int = typer.Option(16, help="Prompts per generate call."),
+    heldout: str | None = typer.Option(
+        None, help="Labelled feedback for the AUC (default: the run's eval split)."
+    ),
+    out: Path | None = typer.Option(None, help="Where to write eval.json (default: in the run directory)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """Sample policy and reference on held-out prompts, judge both, and write eval.json."""
+    result = evaluate(
+        target,
+        reference=reference,
+        prompts=prompts,
+        judge=judge,
+        n=n,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        heldout=heldout,
+        out=out,
+        device=device,
+    )
+    from thumbs.report import print_eval
+
+    print_eval(result)
