@@ -61,7 +61,6 @@ def training_table(cfg: Config):
 
         table, options = apply_feedback_options(
             table,
-            deployment_positive_rate=cfg.data.deployment_positive_rate,
             user_balance=cfg.data.user_balance,
             max_user_share=cfg.data.max_user_share,
             aggregate=cfg.data.aggregate,
