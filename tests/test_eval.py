@@ -177,6 +177,29 @@ def test_heldout_feedback_keeps_eval_split_and_expands_pairs(tmp_path, workspace
 # ---- sampling and KL ------------------------------------------------------------------------------
 
 
+def test_inverse_cdf_sampler_draws_from_the_tempered_nucleus():
+    from thumbs.sampling import InverseCDFSampler
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    rows = 20000
+    uniforms = torch.rand(rows, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    prompt = torch.zeros(rows, 3, dtype=torch.long)
+
+    def frequencies(temperature, top_p):
+        picked = InverseCDFSampler(uniforms, 3, temperature, top_p)(prompt, logits.repeat(rows, 1))
+        assert bool((torch.isfinite(picked).sum(-1) == 1).all())  # exactly one token allowed per row
+        return torch.bincount(picked.argmax(-1), minlength=5).double() / rows
+
+    assert frequencies(1.0, 1.0) == pytest.approx(torch.softmax(logits.double(), -1).tolist(), abs=0.01)
+    assert frequencies(0.5, 1.0) == pytest.approx(torch.softmax(logits.double() / 0.5, -1).tolist(), abs=0.01)
+    probs = torch.softmax(logits.double(), -1)  # 0.61, 0.22, 0.14, ...: a 0.8 nucleus keeps three tokens
+    nucleus = torch.cat([probs[:3] / probs[:3].sum(), torch.zeros(2, dtype=torch.float64)])
+    assert frequencies(1.0, 0.8) == pytest.approx(nucleus.tolist(), abs=0.01)
+    assert torch.equal(
+        InverseCDFSampler(uniforms, 3, 0.0, 1.0)(prompt, logits.repeat(rows, 1)), logits.repeat(rows, 1)
+    )
+
+
 def test_same_seeds_give_same_samples_and_zero_kl_when_policy_is_reference(workspace, tmp_path):
     start = workspace / "start"
     result = evaluate(
@@ -226,6 +249,14 @@ def test_perturbed_full_model_run_has_positive_kl_and_writes_eval_json(workspace
     for who in ("policy", "reference"):
         assert written["reward"][who]["stderr"] is not None
         assert 0 < written["length"][who] <= 12
+
+
+def test_a_run_on_the_builtin_movie_task_samples_its_prompt(workspace):
+    run = make_run(workspace, "builtin", workspace / "start", data__train="builtin:vader-movies")
+    result = evaluate(run, **FAST)
+    assert result["prompts"]["distinct"] == 1 and "builtin" in result["prompts"]["source"]
+    assert "one-sentence movie review" in result["samples"][0]["prompt"]
+    assert result["heldout_auc"] is None  # nothing of the builtin data is held out
 
 
 def test_lora_run_uses_the_base_with_adapter_disabled_as_reference(workspace):

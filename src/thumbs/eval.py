@@ -158,7 +158,7 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
-    from thumbs.heldout import choose_prompts, heldout_feedback, prompt_text, read_prompts
+    from thumbs.heldout import choose_prompts, heldout_feedback, prompt_text
     from thumbs.judges import make_judge
     from thumbs.policy import load_models, resolve_target
     from thumbs.sampling import generate, sample_seed, sequence_logps, stop_ids
@@ -182,19 +182,7 @@ def evaluate(
         keep = np.sort(np.random.default_rng(seed).choice(len(feedback), max_heldout, replace=False))
         feedback = [feedback[i] for i in keep]
 
-    if isinstance(prompts, list):
-        prompt_pool, prompt_source = prompts, "list"
-    elif prompts is None or prompts == "eval-split":
-        if not feedback:
-            where = (
-                "the run's data has no held-out (eval) split"
-                if config
-                else "a model folder brings no prompts"
-            )
-            raise ThumbsError(f"no prompts to sample: {where}", hint=PROMPTS_HINT)
-        prompt_pool, prompt_source = [row["prompt"] for row in feedback], f"eval-split of {feedback_source}"
-    else:
-        prompt_pool, prompt_source = read_prompts(Path(prompts)), str(prompts)
+    prompt_pool, prompt_source = _prompt_pool(prompts, feedback, feedback_source, config)
     distinct, sample_prompts = choose_prompts(prompt_pool, n, seed)
 
     default_reference = config.model.name_or_path if config is not None else None
@@ -274,6 +262,32 @@ def evaluate(
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["path"] = str(out)
     return result
+
+
+def _prompt_pool(prompts, feedback, feedback_source, config) -> tuple[list, str]:
+    """Prompts to sample: given ones, else the held-out prompts, else a builtin task's own prompt."""
+    from thumbs.heldout import read_prompts
+
+    if isinstance(prompts, list):
+        return prompts, "list"
+    if prompts is not None and prompts != "eval-split":
+        return read_prompts(Path(prompts)), str(prompts)
+    if feedback:
+        return [row["prompt"] for row in feedback], f"eval-split of {feedback_source}"
+    train = (
+        []
+        if config is None
+        else [config.data.train]
+        if isinstance(config.data.train, str)
+        else config.data.train
+    )
+    if prompts is None and "builtin:vader-movies" in train:
+        # Every example shares one prompt; sampling it is the task, though not held out.
+        from thumbs.data.examples import MOVIE_PROMPT
+
+        return [json.dumps(MOVIE_PROMPT)], "builtin:vader-movies task prompt (no held-out split)"
+    where = "the run's data has no held-out (eval) split" if config else "a model folder brings no prompts"
+    raise ThumbsError(f"no prompts to sample: {where}", hint=PROMPTS_HINT)
 
 
 def _run_feedback(config) -> tuple[list[dict] | None, str | None]:
