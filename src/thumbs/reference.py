@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from thumbs.logprobs import completion_logps
 from thumbs.methods import Items
@@ -58,6 +59,8 @@ def compute_reference_logps(
     was_training = model.training
     model.eval()
     out = {}
+    total = sum(len(range(rank, len(items.seqs[role]), world)) for role in roles)
+    bar = tqdm(total=total, desc="reference log-probs", unit="seq", disable=rank != 0, dynamic_ncols=True)
     with _adapter_disabled(model):
         for role in roles:
             seqs = items.seqs[role]
@@ -70,9 +73,11 @@ def compute_reference_logps(
                 batch = {k: v.to(device) for k, v in collate([seqs[i] for i in index], pad_id).items()}
                 logps, _ = completion_logps(model, **batch, chunk_size=chunk_size)
                 values[torch.tensor(index, device=device)] = logps
+                bar.update(len(index))
             if world > 1:
                 torch.distributed.all_reduce(values)
             out[role] = values.cpu()
+    bar.close()
     model.train(was_training)
     return out
 
