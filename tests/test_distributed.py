@@ -53,8 +53,14 @@ def thumbs_nproc(cfg, cache: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def accelerate_launch(config: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    accelerate = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    accelerate += ["--num_machines", "1", "--main_process_port", "0"]
+    # the example DDP config, on CPU: Accelerate hands it to torchrun and thumbs picks gloo
+    accelerate = [
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "examples/accelerate/ddp.yaml"),
+    ]
+    accelerate += ["--num_processes", "2", "--main_process_port", "0"]
     return _run([sys.executable, *accelerate, "-m", "thumbs", "train", str(config), *extra], cache)
 
 
@@ -171,3 +177,19 @@ def test_an_error_on_every_process_exits_with_the_message_not_a_hang(tmp_path):
 def test_launched_processes_do_not_launch_again():
     argv = ["train", "c.yaml", "--nproc", "2", "--set", "train.max_steps=3", "--nproc=4", "--resume"]
     assert strip_nproc(argv) == ["train", "c.yaml", "--set", "train.max_steps=3", "--resume"]
+
+
+def test_example_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for path in sorted((ROOT / "examples" / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        kinds[path.stem] = (config.distributed_type.value, config.num_machines)
+    assert kinds == {
+        "ddp": ("MULTI_GPU", 1),
+        "ddp-2-nodes": ("MULTI_GPU", 2),
+        "deepspeed-zero2": ("DEEPSPEED", 1),
+        "deepspeed-zero3": ("DEEPSPEED", 1),
+        "fsdp": ("FSDP", 1),
+    }

@@ -165,6 +165,14 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     spread = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=spread)
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    sharded = accelerator.distributed_type.value
+    if sharded in ("FSDP", "DEEPSPEED"):  # see docs/cluster.md
+        raise ThumbsError(
+            f"thumbs does not train under {sharded} yet: checkpoints and the final model are saved from "
+            "one process's parameters and optimizer state, which are shards there"
+            + ("; and DeepSpeed steps the optimizer inside backward" if sharded == "DEEPSPEED" else ""),
+            hint="use data parallelism (examples/accelerate/ddp.yaml); see docs/cluster.md",
+        )
     run_dir = Path(cfg.output_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -182,9 +190,13 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     method = METHODS[cfg.method]
     table, summary = training_table(cfg)
     class_weights(cfg, summary)
-    source = model_source(cfg, run_dir) if main else None
-    accelerator.wait_for_everyone()
-    source = source or model_source(cfg, run_dir)
+    # built or converted once: by the main process, then by the first process of every other machine
+    # (its cache may be its own); then every process finds it
+    for first in (main, accelerator.is_local_main_process and not main):
+        if first:
+            model_source(cfg, run_dir)
+        accelerator.wait_for_everyone()
+    source = model_source(cfg, run_dir)
     cfg.model.name_or_path = source
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
