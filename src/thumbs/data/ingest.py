@@ -1,0 +1,335 @@
+"""``thumbs ingest``: feedback logs → ``DIR/events.parquet``, ``DIR/quarantine.jsonl``, ``DIR/manifest.json``.
+
+The flow, one DuckDB connection for the whole run:
+
+    SOURCE ──stage──▶ one row per input row (file, row, raw JSON text)      (sources.py)
+           ──classify──▶ reason, or canonical values and a vote            (shapes.py, signals.py, eventlog.py)
+           ──merge──▶ event ids, duplicates, splits, the three outputs     (this module)
+
+Every input row ends in exactly one manifest counter, so per source
+``rows_in == rows_ok + rows_quarantined + rows_duplicate + rows_neutral``.
+
+Events: ``event_id`` is the md5 of the JSON array ``[user_id, prompt, completion, "up"|"down",
+timestamp (ISO, UTC)]`` (plus a builtin source's vote key, see :mod:`thumbs.data.builtin`), so
+the same vote read from any source gets the same id. Re-ingesting a source replaces what it
+added before; other sources' events stay. Events are stored sorted by ``event_id``, so the file
+does not depend on the order sources were ingested in.
+
+Splits are recomputed over all events on every run. ``prompt``: a prompt's md5 puts it wholly in
+one split. ``time``: a prompt whose first vote is later than the ``1 - eval_fraction`` quantile
+of vote times is eval, wholly; prompts without times fall back to the md5 rule. The builtin
+VADER sources share one prompt per corpus, so there the rated text is what is kept apart.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import duckdb
+import typer
+
+from thumbs.data import builtin, eventlog, shapes, signals, store
+from thumbs.data import sources as readers
+from thumbs.data.sources import Source, resolve, stage
+from thumbs.data.store import read_events
+from thumbs.errors import ThumbsError
+
+__all__ = ["ingest", "ingest_command", "read_events"]
+
+DEFAULT_MAX_ROW_BYTES = 4 << 20
+DEFAULT_EVAL_FRACTION = 0.1
+SPLIT_BY = ("prompt", "time")
+SHAPES = ("auto", "flat", "chat", "event-log")
+META_KEYS_MAX = 200  # more unmapped columns than this: meta is built by a JSON patch instead
+MEMORY_LIMIT = "1GB"  # DuckDB spills to DIR/.ingest-tmp beyond this
+SOURCE_OPTIONS = ("map", "format", "shape", "table", "query", "feedback", "positive_at", "negative_at")
+SOURCE_OPTIONS += ("regenerate_as_down",)
+RUN_OPTIONS = ("split_by", "eval_fraction", "max_row_bytes")
+CANDIDATES = """src_index INTEGER, source VARCHAR, file VARCHAR, row BIGINT, reason VARCHAR, detail VARCHAR,
+    raw VARCHAR, raw_bytes BIGINT, raw_truncated BOOLEAN, prompt VARCHAR, completion VARCHAR, vote VARCHAR,
+    user_id VARCHAR, ts TIMESTAMPTZ, weight DOUBLE, conversation_id VARCHAR, generation_id VARCHAR,
+    vote_key VARCHAR, event VARCHAR, meta VARCHAR, outcome VARCHAR"""
+
+
+def ingest(sources: list[str] | tuple[str, ...], out_dir: str | Path, **options) -> dict:
+    """Ingest ``sources`` into ``out_dir`` and return the manifest (also written as ``manifest.json``).
+
+    ``options`` are the CLI's, by their Python names: ``map`` (dict or ``FIELD=COLUMN`` strings),
+    ``config`` (a YAML/JSON file with these keys and a ``sources`` list of specs or dicts of
+    per-source options), ``format``, ``shape``, ``table``, ``query``, ``feedback``,
+    ``positive_at``, ``negative_at``, ``regenerate_as_down``, ``split_by``, ``eval_fraction``,
+    ``max_row_bytes``. Raises :class:`ThumbsError` for bad options, or when nothing could be read.
+    """
+    run, plans = _plan(list(sources), options)
+    out = Path(out_dir)
+    previous = store.read_manifest(out)
+    split_by = run.get("split_by") or previous.get("split_by") or "prompt"
+    eval_fraction = run.get("eval_fraction")
+    eval_fraction = (
+        previous.get("eval_fraction", DEFAULT_EVAL_FRACTION) if eval_fraction is None else eval_fraction
+    )
+    if split_by not in SPLIT_BY:
+        raise ThumbsError(f"--split-by {split_by}: unknown", hint=f"use one of {', '.join(SPLIT_BY)}")
+    if not 0 <= eval_fraction < 1:
+        raise ThumbsError(f"--eval-fraction {eval_fraction}: must be at least 0 and below 1")
+    max_row_bytes = int(run.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".ingest-tmp"
+    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(tmp)})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        readers.install(con)
+        shapes.install(con)
+        con.execute(f"CREATE TEMP TABLE cands ({CANDIDATES})")
+        entries, errors = [], []
+        for index, plan in enumerate(plans):
+            try:
+                entry = _read_source(con, index, plan, max_row_bytes)
+                if any(e["source"] == entry["source"] for e in entries):
+                    raise ThumbsError("given twice in one run", file=entry["source"])
+                entries.append(entry)
+            except ThumbsError as err:
+                errors.append({"source": str(plan["source"]), "error": err.message})
+        if sum(e["rows_in"] for e in entries) == 0:
+            found = "".join(f"\n  {e['error']}" for e in errors) or " (every source is empty)"
+            raise ThumbsError(f"nothing could be read{found}", hint="check the SOURCE arguments")
+        manifest = store.merge(con, out, entries, previous, split_by, eval_fraction)
+    finally:
+        con.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    manifest["errors"] = errors
+    store.write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def _plan(specs: list[str], options: dict) -> tuple[dict, list[dict]]:
+    """Run options and one dict of options per source: config file < command line < per-source config."""
+    config = _read_config(options.pop("config", None))
+    unknown = set(options) - set(SOURCE_OPTIONS) - set(RUN_OPTIONS)
+    if unknown:
+        raise ThumbsError(f"unknown ingest option(s): {', '.join(sorted(unknown))}")
+    given = {k: v for k, v in options.items() if v is not None}
+    merged = {k: v for k, v in config.items() if k != "sources"} | given
+    merged["map"] = _parse_map(config.get("map")) | _parse_map(given.get("map"))
+    run = {k: merged[k] for k in RUN_OPTIONS if k in merged}
+    defaults = {k: merged[k] for k in SOURCE_OPTIONS if k in merged}
+    plans = []
+    for item in [*(config.get("sources") or []), *specs]:
+        item = {"source": item} if isinstance(item, str) else dict(item)
+        if "source" not in item or set(item) - set(SOURCE_OPTIONS) - {"source"}:
+            raise ThumbsError(f"a config source needs 'source' and only {', '.join(SOURCE_OPTIONS)}: {item}")
+        plan = defaults | item
+        plan["map"] = defaults["map"] | _parse_map(item.get("map"))
+        plans.append(plan)
+    if not plans:
+        raise ThumbsError("no SOURCE given", hint="give files, globs, folders, a database or builtin:vader")
+    return run, plans
+
+
+def _read_config(path) -> dict:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ThumbsError(f"cannot read the config: {err}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise ThumbsError("the config must be a mapping of options", file=str(path))
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse_map(value) -> dict[str, str]:
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = {}
+    for item in value:
+        field, sep, column = item.partition("=")
+        if not sep or not field or not column:
+            raise ThumbsError(f"--map {item}: expected FIELD=COLUMN", hint="e.g. --map label=rating")
+        pairs[field.strip()] = column.strip()
+    return pairs
+
+
+def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
+    """Stage and classify one source into ``cands``; return its manifest entry (counts come later)."""
+    shape = plan.get("shape") or "auto"
+    if shape not in SHAPES:
+        raise ThumbsError(f"--shape {shape}: unknown", hint=f"use one of {', '.join(SHAPES)}")
+    source = resolve(plan["source"], fmt=plan.get("format"), table=plan.get("table"), query=plan.get("query"))
+    scale = signals.user_scale(plan.get("positive_at"), plan.get("negative_at"))
+    regenerate = bool(plan.get("regenerate_as_down"))
+    explicit = plan["map"]
+    entry = {"source": source.name, "kind": source.kind}
+    stage(con, source, "_thumbs_staged", max_row_bytes=max_row_bytes)
+    if shape == "event-log" or plan.get("feedback"):
+        if not plan.get("feedback"):
+            raise ThumbsError(
+                "an event log needs --feedback", file=source.name, hint="name the feedback table or file"
+            )
+        feedback = _feedback_source(source, plan["feedback"])
+        stage(con, feedback, "_thumbs_staged_fb", max_row_bytes=max_row_bytes)
+        gens = _shape_plan(
+            con, "_thumbs_staged", "generations", explicit, scale, regenerate, max_row_bytes, source.name
+        )
+        votes = _shape_plan(
+            con, "_thumbs_staged_fb", "feedback", explicit, scale, regenerate, max_row_bytes, feedback.name
+        )
+        shapes.classify(con, "_thumbs_staged", "_thumbs_gen", gens)
+        shapes.classify(con, "_thumbs_staged_fb", "_thumbs_fb", votes)
+        if votes.scale is None and "label" in votes.mapping:
+            votes.scale = signals.resolve_numeric(con, "_thumbs_fb", feedback.name, votes.mapping["label"])
+        detail = eventlog.join(con, "_thumbs_gen", "_thumbs_fb", "_thumbs_cand")
+        same_db = feedback.url is not None and feedback.url == source.url
+        joined = feedback.name.rsplit("#", 1)[1] if same_db else feedback.name
+        entry |= {"source": f"{source.name}+{joined}", "shape": "event-log"}
+        entry |= {
+            "files": list(dict.fromkeys(source.files + feedback.files)),
+            "mapping": {"generations": gens.mapping, "feedback": votes.mapping},
+        }
+        entry |= {"signal": votes.scale.describe() if votes.scale else None, "detail": detail}
+        outcome = "outcome"
+        con.execute("DROP TABLE _thumbs_staged_fb; DROP TABLE _thumbs_gen; DROP TABLE _thumbs_fb")
+    else:
+        if source.kind == "builtin":
+            the_plan = shapes.Plan("flat", dict(builtin.MAPPING), builtin.SCALE, regenerate, max_row_bytes)
+            the_plan.meta_keys = list(builtin.META_KEYS)
+        else:
+            the_plan = _shape_plan(
+                con, "_thumbs_staged", shape, explicit, scale, regenerate, max_row_bytes, source.name
+            )
+        shapes.classify(con, "_thumbs_staged", "_thumbs_cand", the_plan)
+        if the_plan.scale is None and "label" in the_plan.mapping:
+            the_plan.scale = signals.resolve_numeric(
+                con, "_thumbs_cand", source.name, the_plan.mapping["label"]
+            )
+        entry |= {"shape": the_plan.shape, "files": source.files, "mapping": the_plan.mapping}
+        entry |= {"signal": the_plan.scale.describe() if the_plan.scale else None, "detail": {}}
+        outcome = eventlog.outcome_sql()
+    for key in ("table", "query"):
+        if getattr(source, key):
+            entry[key] = getattr(source, key)
+    con.execute("DROP TABLE _thumbs_staged")
+    con.execute(
+        f"""INSERT INTO cands SELECT ?, ?, file, row, reason, detail, raw, raw_bytes, raw_truncated, prompt, completion,
+            vote, user_id, ts, weight, conversation_id, generation_id, vote_key, event, meta, {outcome}
+        FROM _thumbs_cand""",
+        [index, entry["source"]],
+    )
+    entry["rows_in"] = con.execute("SELECT count(*) FROM _thumbs_cand").fetchone()[0]
+    con.execute("DROP TABLE _thumbs_cand")
+    entry["index"] = index
+    return entry
+
+
+def _feedback_source(source: Source, feedback: str) -> Source:
+    if source.kind in ("sqlite", "postgres"):
+        query = feedback if " " in feedback.strip() else None
+        table = None if query else feedback
+        spec = source.url if source.kind == "postgres" else f"sqlite:{source.url}"
+        return resolve(spec, table=table, query=query)
+    return resolve(feedback)
+
+
+def _shape_plan(con, staged, shape, explicit, scale, regenerate, max_row_bytes, where) -> shapes.Plan:
+    """Find the fields of one staged table (``generations.``/``feedback.`` map one half of an event log)."""
+    prefix = {"generations": "generations.", "feedback": "feedback."}.get(shape)
+    mine = {k: v for k, v in explicit.items() if "." not in k}
+    if prefix:
+        mine |= {k[len(prefix) :]: v for k, v in explicit.items() if k.startswith(prefix)}
+    keys = shapes.object_keys(con, staged)
+    shape, mapping = shapes.resolve(shape, keys, mine, where)
+    plan = shapes.Plan(shape, mapping, scale, regenerate, max_row_bytes)
+    if all("." not in column for column in mapping.values()):
+        unmapped = [k for k in keys if k not in mapping.values()]
+        plan.meta_keys = unmapped if len(unmapped) <= META_KEYS_MAX else None
+    return plan
+
+
+def ingest_command(
+    sources: list[str] = typer.Argument(
+        None,
+        help="Files, folders, globs (.jsonl .csv .tsv .parquet, .gz too), app.db, postgresql://…, builtin:vader",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for events.parquet, quarantine.jsonl, manifest.json."
+    ),
+    map_: list[str] = typer.Option(
+        None, "--map", help="FIELD=COLUMN (COLUMN may be a.b for nested JSON); repeat."
+    ),
+    config: Path = typer.Option(None, "--config", help="YAML/JSON with these options and a per-source list."),
+    format_: str = typer.Option(
+        None, "--format", help="jsonl | json | csv | tsv | parquet | sqlite, if not by extension."
+    ),
+    shape: str = typer.Option(None, "--shape", help="auto | flat | chat | event-log."),
+    table: str = typer.Option(
+        None, "--table", help="SQLite/PostgreSQL table (the generations of an event log)."
+    ),
+    query: str = typer.Option(None, "--query", help="SQLite/PostgreSQL query instead of --table."),
+    feedback: str = typer.Option(None, "--feedback", help="Event log: the feedback table (SQL) or file(s)."),
+    positive_at: float = typer.Option(
+        None, "--positive-at", help="Numeric votes at or above this are thumbs up."
+    ),
+    negative_at: float = typer.Option(
+        None, "--negative-at", help="Numeric votes at or below this are thumbs down."
+    ),
+    regenerate_as_down: bool = typer.Option(
+        None, "--regenerate-as-down/--no-regenerate-as-down", help="A regenerate is a thumbs down."
+    ),
+    split_by: str = typer.Option(None, "--split-by", help="prompt (default) | time."),
+    eval_fraction: float = typer.Option(
+        None, "--eval-fraction", help="Share of prompts held out (default 0.1)."
+    ),
+    max_row_bytes: int = typer.Option(
+        None, "--max-row-bytes", help=f"Larger rows are quarantined (default {DEFAULT_MAX_ROW_BYTES})."
+    ),
+) -> None:
+    """Mine feedback logs into one clean event table; every row not kept is quarantined with a reason."""
+    options = {"map": map_ or None, "config": config, "format": format_, "shape": shape, "table": table}
+    options |= {"query": query, "feedback": feedback, "positive_at": positive_at, "negative_at": negative_at}
+    options |= {
+        "regenerate_as_down": regenerate_as_down,
+        "split_by": split_by,
+        "eval_fraction": eval_fraction,
+    }
+    started = time.perf_counter()
+    manifest = ingest(sources or [], out, **options, max_row_bytes=max_row_bytes)
+    print_summary(manifest, out, time.perf_counter() - started)
+
+
+def print_summary(manifest: dict, out: Path, seconds: float) -> None:
+    """The closing table: counts per source, top quarantine reasons, sources that failed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"thumbs ingest → {out}", title_justify="left")
+    for name in ("source", "in", "ok", "quarantined", "duplicate", "neutral", "top reasons"):
+        table.add_column(name, justify="left" if name in ("source", "top reasons") else "right")
+    for entry in manifest["sources"]:
+        reasons = ", ".join(f"{code} {n:,}" for code, n in list(entry["reasons"].items())[:3])
+        table.add_row(entry["source"], *(f"{entry[k]:,}" for k in store.COUNTERS), reasons or "-")
+    console.print(table)
+    for entry in manifest["sources"]:
+        if entry["rows_in"] and not entry["rows_ok"] and not entry["rows_duplicate"]:
+            top = next(iter(entry["reasons"]), "none")
+            console.print(
+                f"[yellow]{entry['source']}: no row became an event (top reason: {top}); "
+                f"see quarantine.jsonl, and map fields with --map FIELD=COLUMN[/]"
+            )
+        if entry.get("signal"):
+            console.print(
+                f"{entry['source']}: numeric votes read as {entry['signal']['scale']}: {entry['signal']['rule']}"
+            )
+    for error in manifest["errors"]:
+        console.print(f"[red]{error['source']}: not read: {error['error']}[/]")
+    console.print(
+        f"{manifest['events']:,} events (train {manifest['train']:,}, eval {manifest['eval']:,}) in {seconds:.1f}s → "
+        f"{out / 'events.parquet'}; quarantined rows → {out / 'quarantine.jsonl'}"
+    )

@@ -1,0 +1,405 @@
+"""Where feedback comes from: SOURCE specs, and reading each kind into one staging table.
+
+Every reader fills the same DuckDB table, one row per input row, so that everything after it
+(mapping, signals, shapes) is one set of queries whatever the source:
+
+    file VARCHAR, row BIGINT, raw VARCHAR, nbytes BIGINT, err VARCHAR
+
+``raw`` is the row as JSON text (JSONL lines as they are; CSV, Parquet, SQL rows as an object
+of their columns); ``row`` is the line number for JSONL, and the 1-based record number for CSV
+(1 = the first data row), Parquet, SQLite and PostgreSQL; ``err`` is set where the reader
+already knows the row is lost (``invalid_utf8``, ``too_large``, ``malformed_row``).
+
+Text is streamed: JSONL through a vectorised line splitter (numpy finds the newlines, Arrow
+holds the lines, DuckDB decodes and checks UTF-8), CSV and Parquet by DuckDB itself, SQLite and
+PostgreSQL in batches of rows that the database itself renders as JSON.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from thumbs.errors import ThumbsError
+
+FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+FILE_FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+BUILTINS = {"vader": ("movies", "amazon", "tweets", "nyt")} | {
+    f"vader-{c}": (c,) for c in ("movies", "amazon", "tweets", "nyt")
+}
+CHUNK_BYTES = 16 << 20  # JSONL read size: big enough for speed, small enough to stream
+SQL_BATCH = 20_000  # rows per fetch from SQLite / PostgreSQL
+STAGED_COLUMNS = "file VARCHAR, row BIGINT, raw VARCHAR, nbytes BIGINT, err VARCHAR"
+CSV_REJECTS = {"INVALID ENCODING": "invalid_utf8", "INVALID UNICODE": "invalid_utf8"}
+CSV_REJECTS |= {"LINE SIZE OVER MAXIMUM": "too_large"}
+
+
+@dataclass
+class Source:
+    """One thing to read: files of one format, a SQL table or query, or a builtin dataset."""
+
+    name: str  # how outputs name it (never holds a password)
+    kind: str  # jsonl | json | csv | tsv | parquet | sqlite | postgres | builtin
+    files: list[str] = field(default_factory=list)
+    table: str | None = None
+    query: str | None = None
+    url: str | None = None  # SQLite path or PostgreSQL URL, as given
+
+
+def resolve(
+    spec: str, *, fmt: str | None = None, table: str | None = None, query: str | None = None
+) -> Source:
+    """A SOURCE argument as a :class:`Source`: file, folder, glob, SQLite, PostgreSQL or builtin."""
+    if spec.startswith("builtin:"):
+        if spec[8:] not in BUILTINS:
+            raise ThumbsError(
+                f"unknown builtin source '{spec}'", hint=f"use one of builtin:{', builtin:'.join(BUILTINS)}"
+            )
+        return Source(spec, "builtin")
+    if spec.startswith(("postgresql://", "postgres://")):
+        return Source(
+            _sql_name(_without_password(spec), table, query), "postgres", table=table, query=query, url=spec
+        )
+    path = spec[len("sqlite:") :] if spec.startswith("sqlite:") else spec
+    if spec.startswith("sqlite:") or fmt == "sqlite" or path.endswith(SQLITE_SUFFIXES):
+        if not Path(path).is_file():
+            raise ThumbsError("SQLite database not found", file=path, hint="check the path")
+        return Source(
+            _sql_name(f"sqlite:{os.path.normpath(path)}", table, query), "sqlite", [path], table, query, path
+        )
+    if table or query:
+        raise ThumbsError("--table/--query apply to SQLite and PostgreSQL sources", file=spec)
+    files = _expand(spec)
+    kinds = {fmt or _format_of(f) for f in files}
+    if len(kinds) > 1:
+        raise ThumbsError(
+            f"mixes formats ({', '.join(sorted(kinds))})",
+            file=spec,
+            hint="give one glob per format, or --format",
+        )
+    return Source(os.path.normpath(spec), kinds.pop(), files)
+
+
+def _sql_name(base: str, table: str | None, query: str | None) -> str:
+    if query:
+        return f"{base}#query-{hashlib.md5(query.encode()).hexdigest()[:8]}"
+    return f"{base}#{table}" if table else base
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{netloc[1]}"))
+
+
+def _expand(spec: str) -> list[str]:
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and _format_of(str(p), strict=False))
+        if not files:
+            raise ThumbsError("folder holds no JSONL, CSV or Parquet files", file=spec)
+        return files
+    if path.is_file():
+        return [spec]
+    files = sorted(f for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+    if not files:
+        raise ThumbsError("no such file (or the glob matches nothing)", file=spec, hint="check the path")
+    return files
+
+
+def _format_of(path: str, *, strict: bool = True) -> str | None:
+    name = path[:-3] if path.endswith(".gz") else path
+    found = FILE_FORMATS.get(Path(name).suffix.lower())
+    if found is None and strict:
+        raise ThumbsError(
+            "cannot tell the format from the file name",
+            file=path,
+            hint="use .jsonl/.csv/.tsv/.parquet (optionally .gz), or give --format",
+        )
+    return found
+
+
+def install(con: duckdb.DuckDBPyConnection) -> None:
+    """Register the one Python function the readers use: invalid UTF-8 shown readably (few rows only)."""
+    con.create_function(
+        "thumbs_bytes_text",
+        lambda b: b.rstrip(b"\r\n").decode("utf-8", "backslashreplace"),
+        ["BLOB"],
+        "VARCHAR",
+    )
+
+
+def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row_bytes: int) -> None:
+    """Create ``table`` (the staging columns above) with every row of ``source``."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} ({STAGED_COLUMNS})")
+    if source.kind == "builtin":
+        from thumbs.data.builtin import stage_vader
+
+        return stage_vader(con, table, BUILTINS[source.name[8:]])
+    if source.kind == "sqlite":
+        return _insert_text_batches(con, table, source.url, _sqlite_rows(source))
+    if source.kind == "postgres":
+        return _insert_text_batches(con, table, None, _postgres_rows(source), source.name)
+    for path in source.files:
+        kind = source.kind
+        if kind == "json" and _first_char(path) != "[":
+            kind = "jsonl"  # a .json file of one object per line
+        if kind == "jsonl":
+            _insert_text_batches(con, table, path, _line_batches(path, max_row_bytes))
+        elif kind in ("csv", "tsv"):
+            _stage_csv(con, table, path, "\t" if kind == "tsv" else None, max_row_bytes)
+        else:
+            _stage_records(con, table, path, kind)
+    return None
+
+
+def _open(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+
+
+def _first_char(path: str) -> str:
+    with _open(path) as handle:
+        return handle.read(4096).lstrip()[:1].decode("latin-1")
+
+
+def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
+    """Lines of a (gzipped) text file as Arrow batches ``row, raw, nbytes``, without a loop over lines.
+
+    A line longer than ``max_row_bytes`` is not held whole: only its head is kept (its length is
+    still counted), so one absurd line cannot exhaust memory.
+    """
+    carry, line_no, overflow = b"", 1, 0  # overflow: bytes of an over-long line dropped so far
+    keep = max(max_row_bytes, 1) + 1
+    with _open(path) as handle:
+        while block := handle.read(CHUNK_BYTES):
+            data = carry + block if carry else block
+            newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+            if overflow or (len(newlines) == 0 and len(data) > keep):
+                if len(newlines) == 0:
+                    overflow += len(data) - min(len(data), keep)
+                    carry = data[:keep]
+                    continue
+                head = data[: newlines[0]]
+                yield _batch([line_no], [head[:keep]], [len(head) + overflow])
+                line_no, overflow = line_no + 1, 0
+                data, newlines = data[newlines[0] + 1 :], newlines[1:] - (newlines[0] + 1)
+            if len(newlines):
+                yield _split_lines(data, newlines, line_no)
+                line_no += len(newlines)
+                carry = data[newlines[-1] + 1 :]
+            else:
+                carry = data
+    if carry or overflow:
+        yield _batch([line_no], [carry[:keep].rstrip(b"\r")], [len(carry.rstrip(b"\r")) + overflow])
+
+
+def _split_lines(data: bytes, newlines: np.ndarray, first_line: int) -> pa.RecordBatch:
+    """Zero-copy: each value is a line with its ending (kept: JSON allows it, quarantine trims it).
+
+    ``nbytes`` counts the line without its ending.
+    """
+    arr = np.frombuffer(data, dtype=np.uint8)
+    offsets = np.concatenate(([0], newlines + 1)).astype(np.int64)
+    crlf = (newlines > 0) & (arr[np.maximum(newlines - 1, 0)] == 13)
+    lengths = np.diff(offsets) - 1 - crlf
+    raw = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(newlines), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    rows = pa.array(np.arange(first_line, first_line + len(newlines), dtype=np.int64))
+    return pa.record_batch([rows, raw, pa.array(lengths)], names=["row", "raw", "nbytes"])
+
+
+def _batch(rows: list[int], raws: list[bytes], nbytes: list[int]) -> pa.RecordBatch:
+    return pa.record_batch(
+        [pa.array(rows, pa.int64()), pa.array(raws, pa.large_binary()), pa.array(nbytes, pa.int64())],
+        names=["row", "raw", "nbytes"],
+    )
+
+
+BATCH_SCHEMA = pa.schema([("row", pa.int64()), ("raw", pa.large_binary()), ("nbytes", pa.int64())])
+
+
+def _insert_text_batches(con, table: str, file: str | None, batches, where: str = "") -> None:
+    """Decode and check rows of raw bytes inside DuckDB; blank lines are not rows."""
+    reader = pa.RecordBatchReader.from_batches(BATCH_SCHEMA, batches)
+    con.register("_thumbs_batches", reader)
+    try:
+        con.execute(
+            f"""INSERT INTO {table}
+            SELECT ?, row, CASE WHEN text IS NULL THEN thumbs_bytes_text(raw) ELSE text END, nbytes,
+                   CASE WHEN text IS NULL THEN 'invalid_utf8' END
+            FROM (SELECT row, raw, nbytes, try(decode(raw)) AS text FROM _thumbs_batches)
+            WHERE nbytes > 64 OR text IS NULL OR trim(text) <> ''""",
+            [file],
+        )
+    except duckdb.Error as err:  # the reader failed mid-stream (a broken gzip, a lost connection)
+        raise ThumbsError(f"reading stopped: {_first_line(err)}", file=file or where) from None
+    finally:
+        con.unregister("_thumbs_batches")
+
+
+def _columns(con, relation_sql: str, params: list) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation_sql}", params).fetchall()]
+
+
+def _as_json_object(columns: list[str], skip: tuple[str, ...] = ()) -> str:
+    fields = ", ".join(f"{_quote(c)} := {_quote(c)}" for c in columns if c not in skip)
+    return f"to_json(struct_pack({fields}))::VARCHAR" if fields else "'{}'"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _stage_records(con, table: str, path: str, kind: str) -> None:
+    """Parquet (and JSON array) files: every row as a JSON object of its columns."""
+    if kind == "parquet":
+        relation, row = "read_parquet(?, file_row_number = true)", "file_row_number + 1"
+        skip = ("file_row_number",)
+    else:
+        relation, row, skip = "read_json_objects(?, format = 'array')", "row_number() OVER ()", ()
+    try:
+        columns = _columns(con, relation, [path])
+        body = "json::VARCHAR" if kind == "json" else _as_json_object(columns, skip)
+        con.execute(
+            f"""INSERT INTO {table} SELECT ?, row, raw, strlen(raw), NULL
+            FROM (SELECT {row} AS row, {body} AS raw FROM {relation})""",
+            [path, path],
+        )
+    except duckdb.Error as err:
+        raise ThumbsError(f"cannot read the file: {_first_line(err)}", file=path) from None
+
+
+def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int) -> None:
+    """CSV through DuckDB's reader, all columns as text; rows it rejects keep their line and reason."""
+    options = "all_varchar = true, parallel = false, store_rejects = true, ignore_errors = true"
+    options += f", max_line_size = {max(max_row_bytes, 1024)}"
+    params: list = [path] + ([delim] if delim else [])
+    relation = f"read_csv(?, {options}{', delim = ?' if delim else ''})"
+    try:
+        columns = _columns(con, relation, params)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _thumbs_csv AS
+            SELECT row_number() OVER () AS ordinal, {_as_json_object(columns)} AS raw FROM {relation}""",
+            params,
+        )
+        header = con.execute("SELECT max(has_header::INT + skip_rows) FROM reject_scans").fetchone()[0] or 0
+    except duckdb.Error as err:
+        raise ThumbsError(f"cannot read the CSV file: {_first_line(err)}", file=path) from None
+    # DuckDB numbers records from 1 counting the header; one record can carry several errors
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _thumbs_rejects AS
+        SELECT line - {header} AS record, first(csv_line ORDER BY column_idx) AS raw,
+               first(error_type ORDER BY column_idx) AS error_type
+        FROM reject_errors GROUP BY line"""
+    )
+    # accepted row i is the i-th record not rejected: skip as many rejects as lie before it
+    reasons = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in CSV_REJECTS.items())
+    con.execute(
+        f"""INSERT INTO {table}
+        SELECT ?, c.ordinal + coalesce(g.skipped, 0), c.raw, strlen(c.raw), NULL
+        FROM _thumbs_csv c ASOF LEFT JOIN (
+            SELECT record - row_number() OVER (ORDER BY record) AS gap, row_number() OVER (ORDER BY record) AS skipped
+            FROM _thumbs_rejects) g ON c.ordinal > g.gap
+        UNION ALL
+        SELECT ?, record, raw, strlen(raw), CASE error_type {reasons} ELSE 'malformed_row' END
+        FROM _thumbs_rejects""",
+        [path, path],
+    )
+    con.execute("DROP TABLE _thumbs_csv; DROP TABLE _thumbs_rejects")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:300]
+
+
+def _sqlite_rows(source: Source) -> Iterator[pa.RecordBatch]:
+    """Rows of a SQLite table or query, rendered as JSON objects by SQLite itself (its JSON1).
+
+    The query runs here, so that its errors are the user's to read; DuckDB then pulls the batches.
+    """
+    try:
+        db = sqlite3.connect(f"file:{source.url}?mode=ro", uri=True, check_same_thread=False)
+        db.text_factory = bytes  # invalid UTF-8 reaches DuckDB, which quarantines that row alone
+        select = source.query or f"SELECT * FROM {_quote(_sqlite_table(db, source))}"
+        names = [d[0] for d in db.execute(f"SELECT * FROM ({select}) LIMIT 0").description]
+        # json_object cannot hold BLOBs: such a value travels as hex text
+        pairs = ", ".join(
+            f"'{n.replace(chr(39), chr(39) * 2)}', CASE WHEN typeof({_quote(n)}) = 'blob' "
+            f"THEN hex({_quote(n)}) ELSE {_quote(n)} END"
+            for n in names
+        )
+        cursor = db.execute(f"SELECT json_object({pairs}) FROM ({select})")
+    except sqlite3.Error as err:
+        raise ThumbsError(f"SQLite: {err}", file=source.url, hint="check --table / --query") from None
+    return _fetched(cursor, db.close, lambda value: value)
+
+
+def _fetched(cursor, close, to_bytes) -> Iterator[pa.RecordBatch]:
+    """Batches of a cursor whose rows are one JSON text each, numbered from 1; closes at the end."""
+    try:
+        row = 1
+        while chunk := cursor.fetchmany(SQL_BATCH):
+            raws = [to_bytes(r[0]) for r in chunk]
+            yield _batch(list(range(row, row + len(raws))), raws, [len(r) for r in raws])
+            row += len(raws)
+    finally:
+        close()
+
+
+def _sqlite_table(db: sqlite3.Connection, source: Source) -> str:
+    if source.table:
+        return source.table
+    tables = [
+        r[0].decode() for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+    ]
+    if len(tables) == 1:
+        return tables[0]
+    raise ThumbsError(
+        f"say which table to read (found: {', '.join(tables) or 'none'})",
+        file=source.url,
+        hint="give --table NAME or --query SQL",
+    )
+
+
+def _postgres_rows(source: Source) -> Iterator[pa.RecordBatch]:
+    """Rows of a PostgreSQL table or query through a server-side cursor, as JSON from ``row_to_json``."""
+    import psycopg
+    from psycopg import sql
+
+    if not (source.table or source.query):
+        raise ThumbsError(
+            "say which table or query to read", file=source.name, hint="give --table or --query"
+        )
+    try:
+        db = psycopg.connect(source.url)
+        db.read_only = True
+        if source.query:
+            select = sql.SQL(source.query)
+        else:
+            select = sql.SQL("SELECT * FROM {}").format(sql.Identifier(*source.table.split(".")))
+        cursor = db.cursor(name="thumbs_ingest")
+        cursor.execute(sql.SQL("SELECT row_to_json(t)::text FROM ({}) t").format(select))
+    except psycopg.Error as err:
+        hint = "check the URL, --table / --query"
+        raise ThumbsError(f"PostgreSQL: {_first_line(err)}", file=source.name, hint=hint) from None
+
+    def close() -> None:
+        cursor.close()
+        db.close()
+
+    return _fetched(cursor, close, str.encode)
