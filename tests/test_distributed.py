@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import tiny_config, toy_feedback, write_jsonl
-from thumbs.distributed import strip_nproc
+from thumbs.distributed import launch, strip_nproc
+from thumbs.errors import ThumbsError
 from thumbs.train import epoch_microbatches, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,9 +175,12 @@ def test_an_error_on_every_process_exits_with_the_message_not_a_hang(tmp_path):
     assert "DPO found no pairs" in result.stderr
 
 
-def test_launched_processes_do_not_launch_again():
+def test_launched_processes_do_not_launch_again(monkeypatch):
     argv = ["train", "c.yaml", "--nproc", "2", "--set", "train.max_steps=3", "--nproc=4", "--resume"]
     assert strip_nproc(argv) == ["train", "c.yaml", "--set", "train.max_steps=3", "--resume"]
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as under accelerate launch or torchrun
+    with pytest.raises(ThumbsError, match="drop --nproc"):
+        launch(2, argv)
 
 
 def test_example_accelerate_configs_load():

@@ -39,10 +39,23 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
 
-    if not torch.cuda.is_available():
+    from thumbs.errors import ThumbsError
+
+    if "LOCAL_RANK" in os.environ:
+        raise ThumbsError(
+            "--nproc in a process that a launcher started: each would start its own processes",
+            hint="drop --nproc when you use accelerate launch or torchrun; they set the process count",
+        )
+    gpus = torch.cuda.device_count()
+    if gpus and nproc > gpus:
+        raise ThumbsError(
+            f"--nproc {nproc} needs {nproc} GPUs (one per process); this machine has {gpus}",
+            hint=f"use --nproc {gpus} or fewer",
+        )
+    if not gpus:
         os.environ["ACCELERATE_USE_CPU"] = "true"  # else Accelerate sees no GPU and runs each rank alone
-    elif nproc > torch.cuda.device_count():
-        print(f"thumbs: note: {nproc} processes on {torch.cuda.device_count()} GPU(s)", file=sys.stderr)
+    # CPU threads shared out between the processes (torchrun would give each one, with a warning)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # what torchrun --standalone does: a local rendezvous on a free port, so runs side by side don't collide
     rendezvous = ["--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", f"--rdzv-id={uuid.uuid4()}"]
     args = get_args_parser().parse_args(
