@@ -38,7 +38,7 @@ ALIASES = {
         "feedback",
         "reaction",
         "liked",
-        "signal",
+        "value",
     ),
     "messages": ("messages",),
     "vote_index": ("vote_index", "message_index", "turn_index"),

@@ -243,7 +243,7 @@ def _insert_text_batches(con, table: str, file: str | None, batches, where: str 
             SELECT ?, row, CASE WHEN text IS NULL THEN thumbs_bytes_text(raw) ELSE text END, nbytes,
                    CASE WHEN text IS NULL THEN 'invalid_utf8' END
             FROM (SELECT row, raw, nbytes, try(decode(raw)) AS text FROM _thumbs_batches)
-            WHERE nbytes > 64 OR text IS NULL OR trim(text) <> ''""",
+            WHERE text IS NULL OR NOT (nbytes = 0 OR (nbytes <= 64 AND regexp_full_match(text, '\\s*')))""",
             [file],
         )
     except duckdb.Error as err:  # the reader failed mid-stream (a broken gzip, a lost connection)
@@ -313,8 +313,9 @@ def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int
         f"""INSERT INTO {table}
         SELECT ?, c.ordinal + coalesce(g.skipped, 0), c.raw, strlen(c.raw), NULL
         FROM _thumbs_csv c ASOF LEFT JOIN (
-            SELECT record - row_number() OVER (ORDER BY record) AS gap, row_number() OVER (ORDER BY record) AS skipped
-            FROM _thumbs_rejects) g ON c.ordinal > g.gap
+            SELECT gap, max(skipped) AS skipped FROM (
+                SELECT record - row_number() OVER (ORDER BY record) AS gap, row_number() OVER (ORDER BY record) AS skipped
+                FROM _thumbs_rejects) GROUP BY gap) g ON c.ordinal > g.gap
         UNION ALL
         SELECT ?, record, raw, strlen(raw), CASE error_type {reasons} ELSE 'malformed_row' END
         FROM _thumbs_rejects""",
