@@ -188,15 +188,13 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
     # ---- setup: data (checked before any model loads), model, reference -------------------------
     method = METHODS[cfg.method]
-    table, summary = training_table(cfg)
-    class_weights(cfg, summary)
-    # built or converted once: by the main process, then by the first process of every other machine
-    # (its cache may be its own); then every process finds it
-    for first in (main, accelerator.is_local_main_process and not main):
-        if first:
-            model_source(cfg, run_dir)
-        accelerator.wait_for_everyone()
-    source = model_source(cfg, run_dir)
+
+    def inputs():
+        table, summary = training_table(cfg)
+        class_weights(cfg, summary)
+        return table, summary, model_source(cfg, run_dir)
+
+    table, summary, source = _in_turn(accelerator, inputs)
     cfg.model.name_or_path = source
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -380,6 +378,26 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _in_turn(accelerator, build):
+    """``build()`` on the main process, then on the first process of every other machine, then on
+    the rest: what it fetches or converts into a cache (a builtin dataset, the default model, the
+    tiny model in the run folder) is made once per cache, never by two processes at a time. A user
+    error is raised after the waits, so no process is left at one; the others meet it too.
+    """
+    main = accelerator.is_main_process
+    result, error = None, None
+    for turn in (main, accelerator.is_local_main_process and not main):
+        if turn:
+            try:
+                result = build()
+            except ThumbsError as err:
+                error = err
+        accelerator.wait_for_everyone()
+    if error is not None:
+        raise error
+    return build() if result is None else result
 
 
 def _digest(items) -> int:
