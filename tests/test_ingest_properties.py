@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.ingest_fixtures import chat, events, reasons_by_row, run, vote, write_lines
-from thumbs.data import shapes
+from thumbs.data import macros
 
 # each kind of row, and what ingest must make of it: an event, or a quarantine reason
 KINDS = {
@@ -83,7 +83,8 @@ def test_a_chat_becomes_exactly_its_python_json(messages, ascii_escapes, parts):
         logged[0]["content"] = [{"type": "text", "text": logged[0]["content"]}, {"type": "image_url"}]
     text = json.dumps(logged, ensure_ascii=ascii_escapes)
     (got,) = con.execute(
-        "SELECT thumbs_chat(thumbs_messages(j, s), s) FROM (SELECT ?::JSON AS j, thumbs_simple(?) AS s)",
+        """SELECT thumbs_chat(thumbs_messages(j, s, f), s) FROM (
+            SELECT j, f, thumbs_simple(j, f) AS s FROM (SELECT ?::JSON AS j, thumbs_fast(?::JSON) AS f))""",
         [text, text],
     ).fetchone()
     assert got == json.dumps(messages, ensure_ascii=False)
@@ -95,7 +96,7 @@ _CONNECTION: list = []
 def _connection():
     if not _CONNECTION:
         con = duckdb.connect()
-        shapes.install(con)
+        macros.install(con)
         _CONNECTION.append(con)
     return _CONNECTION[0]
 

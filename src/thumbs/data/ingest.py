@@ -9,9 +9,9 @@ The flow, one DuckDB connection for the whole run:
 Every input row ends in exactly one manifest counter, so per source
 ``rows_in == rows_ok + rows_quarantined + rows_duplicate + rows_neutral``.
 
-Events: ``event_id`` is the md5 of the JSON array ``[user_id, prompt, completion, "up"|"down",
-timestamp (ISO, UTC)]`` (plus a builtin source's vote key, see :mod:`thumbs.data.builtin`), so
-the same vote read from any source gets the same id. Re-ingesting a source replaces what it
+Events: ``event_id`` is the md5 of ``user_id, prompt, completion, up|down, timestamp`` (each
+length-prefixed; plus a builtin source's vote key, see :mod:`thumbs.data.builtin`), so the same
+vote read from any source gets the same id. Re-ingesting a source replaces what it
 added before; other sources' events stay. Events are stored sorted by ``event_id``, so the file
 does not depend on the order sources were ingested in.
 
@@ -31,8 +31,7 @@ from pathlib import Path
 import duckdb
 import typer
 
-from thumbs.data import builtin, eventlog, shapes, signals, store
-from thumbs.data import sources as readers
+from thumbs.data import builtin, eventlog, macros, shapes, signals, store
 from thumbs.data.sources import Source, resolve, stage
 from thumbs.data.store import read_events
 from thumbs.errors import ThumbsError
@@ -81,8 +80,7 @@ def ingest(sources: list[str] | tuple[str, ...], out_dir: str | Path, **options)
     con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(tmp)})
     try:
         con.execute("SET TimeZone = 'UTC'")
-        readers.install(con)
-        shapes.install(con)
+        macros.install(con)
         con.execute(f"CREATE TEMP TABLE cands ({CANDIDATES})")
         entries, errors = [], []
         for index, plan in enumerate(plans):

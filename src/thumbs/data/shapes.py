@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import duckdb
-
 from thumbs.data.signals import Scale, number_sql, vote_sql, word_sql
 from thumbs.errors import ThumbsError
 
@@ -69,55 +67,6 @@ FIELDS = tuple(n for n in ALIASES if n != "vote_key")  # what --map may name
 REQUIRED = {"flat": ("prompt", "completion", "label"), "chat": ("messages", "label")}
 REQUIRED |= {"generations": ("generation_id",), "feedback": ("generation_id",)}
 RAW_KEEP = 65_536  # characters of a quarantined row kept in quarantine.jsonl
-MACROS = r"""
-CREATE OR REPLACE TEMP MACRO thumbs_text(c) AS CASE
-    WHEN c IS NULL OR json_type(c) = 'NULL' THEN ''
-    WHEN json_type(c) = 'VARCHAR' THEN c->>'$'
-    WHEN json_type(c) = 'ARRAY' THEN array_to_string(json_extract_string(c, '$[*].text'), '') END;
-CREATE OR REPLACE TEMP MACRO thumbs_quote(s) AS CASE
-    WHEN regexp_matches(s, '[\x0b\x0e\x0f\x1a-\x1f]') THEN thumbs_py_quote(s) ELSE to_json(s)::VARCHAR END;
-CREATE OR REPLACE TEMP MACRO thumbs_simple(src) AS NOT regexp_matches(src, '"content"\s*:\s*[^"\s]|\\u00[01]');
-CREATE OR REPLACE TEMP MACRO thumbs_messages(src, simple) AS CASE WHEN simple
-    THEN list_transform(try(from_json(src, '[{"role": "VARCHAR", "content": "VARCHAR"}]')),
-                        lambda e: {'role': e.role, 'content': coalesce(e.content, '')})
-    ELSE list_transform(try(from_json(src, '[{"role": "VARCHAR", "content": "JSON"}]')),
-                        lambda e: {'role': e.role, 'content': thumbs_text(e.content)}) END;
-CREATE OR REPLACE TEMP MACRO thumbs_bad_chat(msgs) AS
-    msgs IS NULL OR coalesce(list_bool_or(list_transform(msgs, lambda m: m.role IS NULL OR m.content IS NULL)), false);
-CREATE OR REPLACE TEMP MACRO thumbs_chat(msgs, simple) AS CASE WHEN simple
-    THEN replace(replace(replace(to_json(msgs)::VARCHAR,
-        '{"role":', '{"role": '), ',"content":', ', "content": '), '},{"role"', '}, {"role"')
-    ELSE '[' || array_to_string(list_transform(msgs, lambda m:
-        '{"role": ' || thumbs_quote(m.role) || ', "content": ' || thumbs_quote(m.content) || '}'), ', ') || ']' END;
-CREATE OR REPLACE TEMP MACRO thumbs_scalar(v) AS CASE
-    WHEN json_type(v) = 'VARCHAR' THEN nullif(v->>'$', '')
-    WHEN json_type(v) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN v::VARCHAR END;
-CREATE OR REPLACE TEMP MACRO thumbs_epoch(x) AS CASE
-    WHEN NOT isfinite(x) OR x < -1e11 OR x > 1e17 THEN NULL
-    WHEN x > 1e14 THEN to_timestamp(x / 1e6) WHEN x > 1e11 THEN to_timestamp(x / 1e3) ELSE to_timestamp(x) END;
-CREATE OR REPLACE TEMP MACRO thumbs_time(v) AS CASE
-    WHEN json_type(v) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN thumbs_epoch(TRY_CAST(v::VARCHAR AS DOUBLE))
-    WHEN json_type(v) = 'VARCHAR' AND TRY_CAST(v->>'$' AS DOUBLE) IS NOT NULL THEN thumbs_epoch(TRY_CAST(v->>'$' AS DOUBLE))
-    WHEN json_type(v) = 'VARCHAR' THEN TRY_CAST(v->>'$' AS TIMESTAMPTZ) END;
-CREATE OR REPLACE TEMP MACRO thumbs_blank(s) AS CASE
-    WHEN s = '' THEN true WHEN ascii(s) > 32 THEN false ELSE regexp_full_match(s, '\s*') END;
-"""
-
-
-def install(con: duckdb.DuckDBPyConnection) -> None:
-    """SQL macros the shapes use.
-
-    A chat becomes the exact text of ``json.dumps(messages, ensure_ascii=False)``. The fast path
-    re-spaces DuckDB's own JSON of the messages; that is safe because ``{"role":`` and
-    ``,"content":`` cannot occur inside a JSON string (its quotes are escaped there). Messages
-    with non-text content or escaped control characters (whose hex DuckDB writes upper case)
-    take the slow path, which quotes each string, with Python's ``json.dumps`` for the rare
-    control characters.
-    """
-    con.create_function(
-        "thumbs_py_quote", lambda s: json.dumps(s, ensure_ascii=False), ["VARCHAR"], "VARCHAR"
-    )
-    con.execute(MACROS)
 
 
 @dataclass
@@ -248,9 +197,9 @@ def classify(con, staged: str, out: str, plan: Plan) -> None:
     produced = {name for layer in layers for name in layer}
     # a feedback row may still be lost later (unknown generation), so it keeps its raw text
     keep_raw = "true" if plan.shape == "feedback" else "reason IS NOT NULL"
+    # values of a quarantined row are left as computed: nothing downstream reads them
     canonical = ", ".join(
-        f"CASE WHEN reason IS NULL THEN {name if name in produced else default} END AS {name}"
-        for name, default in OUTPUT.items()
+        f"{name if name in produced else default} AS {name}" for name, default in OUTPUT.items()
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {out} AS WITH {ctes}
@@ -291,6 +240,7 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
     m, shape = plan.mapping, plan.shape
     pre: dict[str, str] = {}
     parsed: dict[str, str] = {}
+    chat: dict[str, str] = {}
     indexed: dict[str, str] = {}
     values: dict[str, str] = {}
     checks: list[tuple[str, str, str]] = []
@@ -343,9 +293,10 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
         typed("prompt", "'VARCHAR', 'ARRAY'", "text or a list of chat messages")
         typed("completion", "'VARCHAR'", "text")
         is_list = f"json_type({j['prompt']}) = 'ARRAY'"
-        pre["prompt_simple"] = f"CASE WHEN {is_list} THEN thumbs_simple({j['prompt']}) END"
-        parsed["prompt_msgs"] = (
-            f"(CASE WHEN {is_list} THEN thumbs_messages({j['prompt']}, prompt_simple) END)::{CHAT}"
+        pre["prompt_fast"] = f"CASE WHEN {is_list} THEN thumbs_fast({j['prompt']}) END"
+        parsed["prompt_simple"] = f"CASE WHEN {is_list} THEN thumbs_simple({j['prompt']}, prompt_fast) END"
+        chat["prompt_msgs"] = (
+            f"(CASE WHEN {is_list} THEN thumbs_messages({j['prompt']}, prompt_simple, prompt_fast) END)::{CHAT}"
         )
         bad = f"{is_list} AND thumbs_bad_chat(prompt_msgs)"
         checks.append((bad, "wrong_type", "'prompt messages need a role and text content'"))
@@ -358,8 +309,11 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
     if shape in ("chat", "generations"):
         typed("messages", "'ARRAY'", "a list of chat messages")
         is_list = f"json_type({j['messages']}) = 'ARRAY'"
-        pre["simple"] = f"CASE WHEN {is_list} THEN thumbs_simple({j['messages']}) END"
-        parsed["msgs"] = f"(CASE WHEN {is_list} THEN thumbs_messages({j['messages']}, simple) END)::{CHAT}"
+        pre["fast"] = f"CASE WHEN {is_list} THEN thumbs_fast({j['messages']}) END"
+        parsed["simple"] = f"CASE WHEN {is_list} THEN thumbs_simple({j['messages']}, fast) END"
+        chat["msgs"] = (
+            f"(CASE WHEN {is_list} THEN thumbs_messages({j['messages']}, simple, fast) END)::{CHAT}"
+        )
         indexed["turn"] = _vote_index(j)
         as_chat = "true" if shape == "chat" else f"({is_list} AND {j['completion']} IS NULL)"
         checks.append(
@@ -421,7 +375,7 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
         )
     if "vote_key" in j:
         values["vote_key"] = f"thumbs_scalar({j['vote_key']})"
-    return [layer for layer in (pre, parsed, indexed, values) if layer], checks
+    return [layer for layer in (pre, parsed, chat, indexed, values) if layer], checks
 
 
 def _shown(value: str) -> str:

@@ -21,7 +21,6 @@ import glob
 import gzip
 import hashlib
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ BUILTINS = {"vader": ("movies", "amazon", "tweets", "nyt")} | {
     f"vader-{c}": (c,) for c in ("movies", "amazon", "tweets", "nyt")
 }
 CHUNK_BYTES = 16 << 20  # JSONL read size: big enough for speed, small enough to stream
-SQL_BATCH = 20_000  # rows per fetch from SQLite / PostgreSQL
 STAGED_COLUMNS = "file VARCHAR, row BIGINT, raw VARCHAR, nbytes BIGINT, err VARCHAR"
 CSV_REJECTS = {"INVALID ENCODING": "invalid_utf8", "INVALID UNICODE": "invalid_utf8"}
 CSV_REJECTS |= {"LINE SIZE OVER MAXIMUM": "too_large"}
@@ -133,16 +131,6 @@ def _format_of(path: str, *, strict: bool = True) -> str | None:
     return found
 
 
-def install(con: duckdb.DuckDBPyConnection) -> None:
-    """Register the one Python function the readers use: invalid UTF-8 shown readably (few rows only)."""
-    con.create_function(
-        "thumbs_bytes_text",
-        lambda b: b.rstrip(b"\r\n").decode("utf-8", "backslashreplace"),
-        ["BLOB"],
-        "VARCHAR",
-    )
-
-
 def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row_bytes: int) -> None:
     """Create ``table`` (the staging columns above) with every row of ``source``."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} ({STAGED_COLUMNS})")
@@ -150,10 +138,13 @@ def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row
         from thumbs.data.builtin import stage_vader
 
         return stage_vader(con, table, BUILTINS[source.name[8:]])
-    if source.kind == "sqlite":
-        return _insert_text_batches(con, table, source.url, _sqlite_rows(source))
-    if source.kind == "postgres":
-        return _insert_text_batches(con, table, None, _postgres_rows(source), source.name)
+    if source.kind in ("sqlite", "postgres"):
+        from thumbs.data.databases import postgres_rows, sqlite_rows
+
+        rows = sqlite_rows(source) if source.kind == "sqlite" else postgres_rows(source)
+        return _insert_text_batches(
+            con, table, source.url if source.kind == "sqlite" else None, rows, source.name
+        )
     for path in source.files:
         kind = source.kind
         if kind == "json" and _first_char(path) != "[":
@@ -194,7 +185,7 @@ def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
                     carry = data[:keep]
                     continue
                 head = data[: newlines[0]]
-                yield _batch([line_no], [head[:keep]], [len(head) + overflow])
+                yield batch([line_no], [head[:keep]], [len(head) + overflow])
                 line_no, overflow = line_no + 1, 0
                 data, newlines = data[newlines[0] + 1 :], newlines[1:] - (newlines[0] + 1)
             if len(newlines):
@@ -204,7 +195,7 @@ def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
             else:
                 carry = data
     if carry or overflow:
-        yield _batch([line_no], [carry[:keep].rstrip(b"\r")], [len(carry.rstrip(b"\r")) + overflow])
+        yield batch([line_no], [carry[:keep].rstrip(b"\r")], [len(carry.rstrip(b"\r")) + overflow])
 
 
 def _split_lines(data: bytes, newlines: np.ndarray, first_line: int) -> pa.RecordBatch:
@@ -223,7 +214,7 @@ def _split_lines(data: bytes, newlines: np.ndarray, first_line: int) -> pa.Recor
     return pa.record_batch([rows, raw, pa.array(lengths)], names=["row", "raw", "nbytes"])
 
 
-def _batch(rows: list[int], raws: list[bytes], nbytes: list[int]) -> pa.RecordBatch:
+def batch(rows: list[int], raws: list[bytes], nbytes: list[int]) -> pa.RecordBatch:
     return pa.record_batch(
         [pa.array(rows, pa.int64()), pa.array(raws, pa.large_binary()), pa.array(nbytes, pa.int64())],
         names=["row", "raw", "nbytes"],
@@ -247,7 +238,7 @@ def _insert_text_batches(con, table: str, file: str | None, batches, where: str 
             [file],
         )
     except duckdb.Error as err:  # the reader failed mid-stream (a broken gzip, a lost connection)
-        raise ThumbsError(f"reading stopped: {_first_line(err)}", file=file or where) from None
+        raise ThumbsError(f"reading stopped: {first_line(err)}", file=file or where) from None
     finally:
         con.unregister("_thumbs_batches")
 
@@ -257,11 +248,11 @@ def _columns(con, relation_sql: str, params: list) -> list[str]:
 
 
 def _as_json_object(columns: list[str], skip: tuple[str, ...] = ()) -> str:
-    fields = ", ".join(f"{_quote(c)} := {_quote(c)}" for c in columns if c not in skip)
+    fields = ", ".join(f"{quote_ident(c)} := {quote_ident(c)}" for c in columns if c not in skip)
     return f"to_json(struct_pack({fields}))::VARCHAR" if fields else "'{}'"
 
 
-def _quote(name: str) -> str:
+def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -281,7 +272,7 @@ def _stage_records(con, table: str, path: str, kind: str) -> None:
             [path, path],
         )
     except duckdb.Error as err:
-        raise ThumbsError(f"cannot read the file: {_first_line(err)}", file=path) from None
+        raise ThumbsError(f"cannot read the file: {first_line(err)}", file=path) from None
 
 
 def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int) -> None:
@@ -299,7 +290,7 @@ def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int
         )
         header = con.execute("SELECT max(has_header::INT + skip_rows) FROM reject_scans").fetchone()[0] or 0
     except duckdb.Error as err:
-        raise ThumbsError(f"cannot read the CSV file: {_first_line(err)}", file=path) from None
+        raise ThumbsError(f"cannot read the CSV file: {first_line(err)}", file=path) from None
     # DuckDB numbers records from 1 counting the header; one record can carry several errors
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _thumbs_rejects AS
@@ -324,83 +315,5 @@ def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int
     con.execute("DROP TABLE _thumbs_csv; DROP TABLE _thumbs_rejects")
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0][:300]
-
-
-def _sqlite_rows(source: Source) -> Iterator[pa.RecordBatch]:
-    """Rows of a SQLite table or query, rendered as JSON objects by SQLite itself (its JSON1).
-
-    The query runs here, so that its errors are the user's to read; DuckDB then pulls the batches.
-    """
-    try:
-        db = sqlite3.connect(f"file:{source.url}?mode=ro", uri=True, check_same_thread=False)
-        db.text_factory = bytes  # invalid UTF-8 reaches DuckDB, which quarantines that row alone
-        select = source.query or f"SELECT * FROM {_quote(_sqlite_table(db, source))}"
-        names = [d[0] for d in db.execute(f"SELECT * FROM ({select}) LIMIT 0").description]
-        # json_object cannot hold BLOBs: such a value travels as hex text
-        pairs = ", ".join(
-            f"'{n.replace(chr(39), chr(39) * 2)}', CASE WHEN typeof({_quote(n)}) = 'blob' "
-            f"THEN hex({_quote(n)}) ELSE {_quote(n)} END"
-            for n in names
-        )
-        cursor = db.execute(f"SELECT json_object({pairs}) FROM ({select})")
-    except sqlite3.Error as err:
-        raise ThumbsError(f"SQLite: {err}", file=source.url, hint="check --table / --query") from None
-    return _fetched(cursor, db.close, lambda value: value)
-
-
-def _fetched(cursor, close, to_bytes) -> Iterator[pa.RecordBatch]:
-    """Batches of a cursor whose rows are one JSON text each, numbered from 1; closes at the end."""
-    try:
-        row = 1
-        while chunk := cursor.fetchmany(SQL_BATCH):
-            raws = [to_bytes(r[0]) for r in chunk]
-            yield _batch(list(range(row, row + len(raws))), raws, [len(r) for r in raws])
-            row += len(raws)
-    finally:
-        close()
-
-
-def _sqlite_table(db: sqlite3.Connection, source: Source) -> str:
-    if source.table:
-        return source.table
-    tables = [
-        r[0].decode() for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
-    ]
-    if len(tables) == 1:
-        return tables[0]
-    raise ThumbsError(
-        f"say which table to read (found: {', '.join(tables) or 'none'})",
-        file=source.url,
-        hint="give --table NAME or --query SQL",
-    )
-
-
-def _postgres_rows(source: Source) -> Iterator[pa.RecordBatch]:
-    """Rows of a PostgreSQL table or query through a server-side cursor, as JSON from ``row_to_json``."""
-    import psycopg
-    from psycopg import sql
-
-    if not (source.table or source.query):
-        raise ThumbsError(
-            "say which table or query to read", file=source.name, hint="give --table or --query"
-        )
-    try:
-        db = psycopg.connect(source.url)
-        db.read_only = True
-        if source.query:
-            select = sql.SQL(source.query)
-        else:
-            select = sql.SQL("SELECT * FROM {}").format(sql.Identifier(*source.table.split(".")))
-        cursor = db.cursor(name="thumbs_ingest")
-        cursor.execute(sql.SQL("SELECT row_to_json(t)::text FROM ({}) t").format(select))
-    except psycopg.Error as err:
-        hint = "check the URL, --table / --query"
-        raise ThumbsError(f"PostgreSQL: {_first_line(err)}", file=source.name, hint=hint) from None
-
-    def close() -> None:
-        cursor.close()
-        db.close()
-
-    return _fetched(cursor, close, str.encode)

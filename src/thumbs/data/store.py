@@ -29,11 +29,12 @@ QUARANTINE = {
 }
 QUARANTINE |= {"raw_bytes": "BIGINT", "raw_truncated": "BOOLEAN", "raw": "VARCHAR"}
 COUNTERS = ("rows_in", "rows_ok", "rows_quarantined", "rows_duplicate", "rows_neutral")
-# md5 of [user_id, prompt, completion, "up"|"down", ISO time] (+ a builtin source's vote key)
-EVENT_ID = """md5(to_json(list_concat(
-    [user_id, prompt, completion, CASE WHEN vote = 'up' THEN 'up' ELSE 'down' END,
-     strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ')],
-    CASE WHEN vote_key IS NULL THEN [] ELSE [vote_key] END)))"""
+# md5 of user_id, prompt, completion, up/down, time (µs since 1970, UTC) and a builtin's vote key,
+# each prefixed by its length in bytes (~ for null) so that no two different votes read alike
+EVENT_ID = (
+    "md5(concat(thumbs_part(user_id), thumbs_part(prompt), thumbs_part(completion), vote, '|', "
+    "thumbs_part(epoch_us(ts)::VARCHAR), thumbs_part(vote_key)))"
+)
 FILES_LISTED = 100  # a manifest entry lists at most this many files
 
 
