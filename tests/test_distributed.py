@@ -2,7 +2,7 @@
 
 Every multi-process run is launched the way a user launches it, as a subprocess: `thumbs train
 --nproc 2` (torch.distributed's launcher) or `accelerate launch -m thumbs train`. The one-process
-runs it is compared with run in this process.
+runs they are compared with run inside the test process.
 """
 
 from __future__ import annotations
@@ -55,12 +55,8 @@ def thumbs_nproc(cfg, cache: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def accelerate_launch(config: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     # the example DDP config, on CPU: Accelerate hands it to torchrun and thumbs picks gloo
-    accelerate = [
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "examples/accelerate/ddp.yaml"),
-    ]
+    ddp = str(ROOT / "examples" / "accelerate" / "ddp.yaml")
+    accelerate = ["-m", "accelerate.commands.launch", "--config_file", ddp]
     accelerate += ["--num_processes", "2", "--main_process_port", "0"]
     return _run([sys.executable, *accelerate, "-m", "thumbs", "train", str(config), *extra], cache)
 
