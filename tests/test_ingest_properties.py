@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.ingest_fixtures import chat, events, reasons_by_row, run, vote, write_lines
-from thumbs.data import macros
+from thumbs.data import macros, sources
 
 # each kind of row, and what ingest must make of it: an event, or a quarantine reason
 KINDS = {
@@ -111,3 +111,31 @@ def test_chat_with_no_assistant_turn_is_quarantined(tmp_path):
     run([write_lines(tmp_path / "c.jsonl", rows)], out)
     assert reasons_by_row(out) == {2: "bad_turn", 3: "bad_turn"}
     assert [e["completion"] for e in events(out)] == ["Hello"]  # the last assistant turn of row 1
+
+
+LINE = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")) | st.just(b"x" * 200)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.tuples(LINE, st.booleans()), min_size=1, max_size=12),
+    final_newline=st.booleans(),
+    chunk=st.integers(1, 64),
+    limit=st.integers(1, 60),
+)
+def test_lines_split_exactly_whatever_the_chunks(tmp_path_factory, monkeypatch, lines, final_newline, chunk, limit):
+    """Line numbers and lengths are exact; a line within the limit is whole; a longer one keeps its head."""
+    monkeypatch.setattr(sources, "CHUNK_BYTES", chunk)
+    texts = [text + (b"\r" if crlf else b"") for text, crlf in lines]
+    path = tmp_path_factory.mktemp("lines") / "log.jsonl"
+    path.write_bytes(b"\n".join(texts) + (b"\n" if final_newline else b""))
+    got = [row for batch in sources._line_batches(str(path), limit) for row in batch.to_pylist()]
+    want = [t[:-1] if t.endswith(b"\r") else t for t in texts]
+    if not final_newline and not texts[-1]:
+        want = want[:-1]  # an empty last line after the final newline is no line
+    assert [r["row"] for r in got] == list(range(1, len(want) + 1))
+    assert [r["nbytes"] for r in got] == [len(w) for w in want]
+    for row, line in zip(got, want, strict=True):
+        value = row["raw"][:-1] if row["raw"].endswith(b"\n") else row["raw"]
+        value = value[:-1] if value.endswith(b"\r") and len(value) > len(line) else value
+        assert value == line if len(line) <= limit else line.startswith(value) and len(value) > limit

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -162,58 +163,13 @@ def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
         raise ThumbsError(f"--shape {shape}: unknown", hint=f"use one of {', '.join(SHAPES)}")
     source = resolve(plan["source"], fmt=plan.get("format"), table=plan.get("table"), query=plan.get("query"))
     scale = signals.user_scale(plan.get("positive_at"), plan.get("negative_at"))
-    regenerate = bool(plan.get("regenerate_as_down"))
-    explicit = plan["map"]
-    entry = {"source": source.name, "kind": source.kind}
+    reading = _Reading(plan["map"], scale, bool(plan.get("regenerate_as_down")), max_row_bytes)
     stage(con, source, "_thumbs_staged", max_row_bytes=max_row_bytes)
     if shape == "event-log" or plan.get("feedback"):
-        if not plan.get("feedback"):
-            raise ThumbsError(
-                "an event log needs --feedback", file=source.name, hint="name the feedback table or file"
-            )
-        feedback = _feedback_source(source, plan["feedback"])
-        stage(con, feedback, "_thumbs_staged_fb", max_row_bytes=max_row_bytes)
-        gens = _shape_plan(
-            con, "_thumbs_staged", "generations", explicit, scale, regenerate, max_row_bytes, source.name
-        )
-        votes = _shape_plan(
-            con, "_thumbs_staged_fb", "feedback", explicit, scale, regenerate, max_row_bytes, feedback.name
-        )
-        shapes.classify(con, "_thumbs_staged", "_thumbs_gen", gens)
-        shapes.classify(con, "_thumbs_staged_fb", "_thumbs_fb", votes)
-        if votes.scale is None and "label" in votes.mapping:
-            votes.scale = signals.resolve_numeric(con, "_thumbs_fb", feedback.name, votes.mapping["label"])
-        detail = eventlog.join(con, "_thumbs_gen", "_thumbs_fb", "_thumbs_cand")
-        same_db = feedback.url is not None and feedback.url == source.url
-        joined = feedback.name.rsplit("#", 1)[1] if same_db else feedback.name
-        entry |= {"source": f"{source.name}+{joined}", "shape": "event-log"}
-        entry |= {
-            "files": list(dict.fromkeys(source.files + feedback.files)),
-            "mapping": {"generations": gens.mapping, "feedback": votes.mapping},
-        }
-        entry |= {"signal": votes.scale.describe() if votes.scale else None, "detail": detail}
-        outcome = "outcome"
-        con.execute("DROP TABLE _thumbs_staged_fb; DROP TABLE _thumbs_gen; DROP TABLE _thumbs_fb")
+        entry, outcome = _read_event_log(con, source, plan.get("feedback"), reading)
     else:
-        if source.kind == "builtin":
-            the_plan = shapes.Plan("flat", dict(builtin.MAPPING), builtin.SCALE, regenerate, max_row_bytes)
-            the_plan.meta_keys = list(builtin.META_KEYS)
-        else:
-            the_plan = _shape_plan(
-                con, "_thumbs_staged", shape, explicit, scale, regenerate, max_row_bytes, source.name
-            )
-        shapes.classify(con, "_thumbs_staged", "_thumbs_cand", the_plan)
-        if the_plan.scale is None and "label" in the_plan.mapping:
-            the_plan.scale = signals.resolve_numeric(
-                con, "_thumbs_cand", source.name, the_plan.mapping["label"]
-            )
-        entry |= {"shape": the_plan.shape, "files": source.files, "mapping": the_plan.mapping}
-        entry |= {"signal": the_plan.scale.describe() if the_plan.scale else None, "detail": {}}
-        outcome = eventlog.outcome_sql()
-    for key in ("table", "query"):
-        if getattr(source, key):
-            entry[key] = getattr(source, key)
-    con.execute("DROP TABLE _thumbs_staged")
+        entry, outcome = _read_votes(con, source, shape, reading)
+    entry |= {k: getattr(source, k) for k in ("table", "query") if getattr(source, k)}
     con.execute(
         f"""INSERT INTO cands SELECT ?, ?, file, row, reason, detail, raw, raw_bytes, raw_truncated, prompt, completion,
             vote, user_id, ts, weight, conversation_id, generation_id, vote_key, event, meta, {outcome}
@@ -221,33 +177,82 @@ def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
         [index, entry["source"]],
     )
     entry["rows_in"] = con.execute("SELECT count(*) FROM _thumbs_cand").fetchone()[0]
-    con.execute("DROP TABLE _thumbs_cand")
     entry["index"] = index
+    con.execute("DROP TABLE _thumbs_staged; DROP TABLE _thumbs_cand")
     return entry
 
 
+@dataclass
+class _Reading:
+    """What the options say about reading any one table: mapping, vote scale, regenerate, size limit."""
+
+    explicit: dict[str, str]
+    scale: signals.Scale | None
+    regenerate_as_down: bool
+    max_row_bytes: int
+
+    def plan(self, con, staged: str, shape: str, where: str) -> shapes.Plan:
+        """Find the fields of a staged table; ``generations.``/``feedback.`` map one half of an event log."""
+        prefix = f"{shape}." if shape in ("generations", "feedback") else None
+        mine = {k: v for k, v in self.explicit.items() if "." not in k}
+        if prefix:
+            mine |= {k[len(prefix) :]: v for k, v in self.explicit.items() if k.startswith(prefix)}
+        keys = shapes.object_keys(con, staged)
+        shape, mapping = shapes.resolve(shape, keys, mine, where)
+        plan = shapes.Plan(shape, mapping, self.scale, self.regenerate_as_down, self.max_row_bytes)
+        if all("." not in column for column in mapping.values()):
+            unmapped = [k for k in keys if k not in mapping.values()]
+            plan.meta_keys = unmapped if len(unmapped) <= META_KEYS_MAX else None
+        return plan
+
+
+def _read_votes(con, source: Source, shape: str, reading: _Reading) -> tuple[dict, str]:
+    """A flat or chat source (or a builtin one) → ``_thumbs_cand``."""
+    if source.kind == "builtin":
+        plan = shapes.Plan("flat", dict(builtin.MAPPING), builtin.SCALE, reading.regenerate_as_down)
+        plan.max_row_bytes, plan.meta_keys = reading.max_row_bytes, list(builtin.META_KEYS)
+    else:
+        plan = reading.plan(con, "_thumbs_staged", shape, source.name)
+    shapes.classify(con, "_thumbs_staged", "_thumbs_cand", plan)
+    if plan.scale is None and "label" in plan.mapping:
+        plan.scale = signals.resolve_numeric(con, "_thumbs_cand", source.name, plan.mapping["label"])
+    entry = {"source": source.name, "kind": source.kind, "shape": plan.shape, "files": source.files}
+    entry |= {"mapping": plan.mapping, "signal": plan.scale.describe() if plan.scale else None, "detail": {}}
+    return entry, eventlog.outcome_sql()
+
+
+def _read_event_log(con, source: Source, feedback_spec: str | None, reading: _Reading) -> tuple[dict, str]:
+    """Generations (the staged source) joined with their feedback events → ``_thumbs_cand``."""
+    if not feedback_spec:
+        raise ThumbsError(
+            "an event log needs --feedback", file=source.name, hint="name the feedback table or file"
+        )
+    feedback = _feedback_source(source, feedback_spec)
+    stage(con, feedback, "_thumbs_staged_fb", max_row_bytes=reading.max_row_bytes)
+    gens = reading.plan(con, "_thumbs_staged", "generations", source.name)
+    votes = reading.plan(con, "_thumbs_staged_fb", "feedback", feedback.name)
+    shapes.classify(con, "_thumbs_staged", "_thumbs_gen", gens)
+    shapes.classify(con, "_thumbs_staged_fb", "_thumbs_fb", votes)
+    if votes.scale is None and "label" in votes.mapping:
+        votes.scale = signals.resolve_numeric(con, "_thumbs_fb", feedback.name, votes.mapping["label"])
+    detail = eventlog.join(con, "_thumbs_gen", "_thumbs_fb", "_thumbs_cand")
+    con.execute("DROP TABLE _thumbs_staged_fb; DROP TABLE _thumbs_gen; DROP TABLE _thumbs_fb")
+    same_db = feedback.url is not None and feedback.url == source.url
+    name = f"{source.name}+{feedback.name.rsplit('#', 1)[1] if same_db else feedback.name}"
+    entry = {"source": name, "kind": source.kind, "shape": "event-log"}
+    entry |= {"files": list(dict.fromkeys(source.files + feedback.files))}
+    entry |= {"mapping": {"generations": gens.mapping, "feedback": votes.mapping}}
+    entry |= {"signal": votes.scale.describe() if votes.scale else None, "detail": detail}
+    return entry, "outcome"
+
+
 def _feedback_source(source: Source, feedback: str) -> Source:
+    """``--feedback``: a table (or a query) of the same database, else files of their own."""
     if source.kind in ("sqlite", "postgres"):
         query = feedback if " " in feedback.strip() else None
-        table = None if query else feedback
         spec = source.url if source.kind == "postgres" else f"sqlite:{source.url}"
-        return resolve(spec, table=table, query=query)
+        return resolve(spec, table=None if query else feedback, query=query)
     return resolve(feedback)
-
-
-def _shape_plan(con, staged, shape, explicit, scale, regenerate, max_row_bytes, where) -> shapes.Plan:
-    """Find the fields of one staged table (``generations.``/``feedback.`` map one half of an event log)."""
-    prefix = {"generations": "generations.", "feedback": "feedback."}.get(shape)
-    mine = {k: v for k, v in explicit.items() if "." not in k}
-    if prefix:
-        mine |= {k[len(prefix) :]: v for k, v in explicit.items() if k.startswith(prefix)}
-    keys = shapes.object_keys(con, staged)
-    shape, mapping = shapes.resolve(shape, keys, mine, where)
-    plan = shapes.Plan(shape, mapping, scale, regenerate, max_row_bytes)
-    if all("." not in column for column in mapping.values()):
-        unmapped = [k for k in keys if k not in mapping.values()]
-        plan.meta_keys = unmapped if len(unmapped) <= META_KEYS_MAX else None
-    return plan
 
 
 def ingest_command(

@@ -174,6 +174,7 @@ def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
     still counted), so one absurd line cannot exhaust memory.
     """
     carry, line_no, overflow = b"", 1, 0  # overflow: bytes of an over-long line dropped so far
+    last = b""  # the last byte dropped, to know whether an over-long line ended in \r
     keep = max(max_row_bytes, 1) + 1
     with _open(path) as handle:
         while block := handle.read(CHUNK_BYTES):
@@ -182,10 +183,11 @@ def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
             if overflow or (len(newlines) == 0 and len(data) > keep):
                 if len(newlines) == 0:
                     overflow += len(data) - min(len(data), keep)
-                    carry = data[:keep]
+                    carry, last = data[:keep], data[-1:]
                     continue
-                head = data[: newlines[0]]
-                yield batch([line_no], [head[:keep]], [len(head) + overflow])
+                end = int(newlines[0])
+                crlf = (data[end - 1 : end] if end > len(carry) else last) == b"\r"
+                yield batch([line_no], [data[: min(end, keep)]], [end - crlf + overflow])
                 line_no, overflow = line_no + 1, 0
                 data, newlines = data[newlines[0] + 1 :], newlines[1:] - (newlines[0] + 1)
             if len(newlines):
@@ -194,8 +196,10 @@ def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
                 carry = data[newlines[-1] + 1 :]
             else:
                 carry = data
-    if carry or overflow:
-        yield batch([line_no], [carry[:keep].rstrip(b"\r")], [len(carry.rstrip(b"\r")) + overflow])
+    if carry or overflow:  # the last line has no newline
+        crlf = (last if overflow else carry[-1:]) == b"\r"
+        carry = carry[:-1] if crlf and not overflow else carry
+        yield batch([line_no], [carry[:keep]], [len(carry) + overflow - (crlf and overflow > 0)])
 
 
 def _split_lines(data: bytes, newlines: np.ndarray, first_line: int) -> pa.RecordBatch:
