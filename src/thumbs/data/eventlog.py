@@ -15,7 +15,8 @@ from __future__ import annotations
 
 # outcome of a row -> the manifest counter it adds to
 COUNTED_AS = {
-    "event": "rows_ok",  # or rows_duplicate, once deduplicated
+    "event": "rows_ok",
+    "duplicate": "rows_duplicate",  # the same event_id as one kept before it
     "quarantined": "rows_quarantined",
     "neutral": "rows_neutral",
     "superseded": "rows_duplicate",

@@ -51,7 +51,7 @@ RUN_OPTIONS = ("split_by", "eval_fraction", "max_row_bytes")
 CANDIDATES = """src_index INTEGER, source VARCHAR, file VARCHAR, row BIGINT, reason VARCHAR, detail VARCHAR,
     raw VARCHAR, raw_bytes BIGINT, raw_truncated BOOLEAN, prompt VARCHAR, completion VARCHAR, vote VARCHAR,
     user_id VARCHAR, ts TIMESTAMPTZ, weight DOUBLE, conversation_id VARCHAR, generation_id VARCHAR,
-    vote_key VARCHAR, event VARCHAR, meta VARCHAR, outcome VARCHAR"""
+    vote_key VARCHAR, event VARCHAR, meta VARCHAR, outcome VARCHAR, event_id VARCHAR"""
 
 
 def ingest(sources: list[str] | tuple[str, ...], out_dir: str | Path, **options) -> dict:
@@ -171,9 +171,10 @@ def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
         entry, outcome = _read_votes(con, source, shape, reading)
     entry |= {k: getattr(source, k) for k in ("table", "query") if getattr(source, k)}
     con.execute(
-        f"""INSERT INTO cands SELECT ?, ?, file, row, reason, detail, raw, raw_bytes, raw_truncated, prompt, completion,
-            vote, user_id, ts, weight, conversation_id, generation_id, vote_key, event, meta, {outcome}
-        FROM _thumbs_cand""",
+        f"""INSERT INTO cands SELECT *, CASE WHEN outcome = 'event' THEN {store.EVENT_ID} END FROM (
+            SELECT ?, ?, file, row, reason, detail, raw, raw_bytes, raw_truncated, prompt, completion, vote,
+                user_id, ts, weight, conversation_id, generation_id, vote_key, event, meta, {outcome} AS outcome
+            FROM _thumbs_cand)""",
         [index, entry["source"]],
     )
     entry["rows_in"] = con.execute("SELECT count(*) FROM _thumbs_cand").fetchone()[0]

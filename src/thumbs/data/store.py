@@ -71,17 +71,21 @@ def merge(con, out: Path, entries: list[dict], previous: dict, split_by: str, ev
             WHERE source NOT IN (SELECT source FROM replaced)""",
             [str(events_path)],
         )
+    # an event already kept, or met earlier in this run, is a duplicate: only ids and keys are sorted
     con.execute(
-        f"""CREATE TEMP TABLE fresh AS
-        SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY src_index, file, row) > 1
-                  OR event_id IN (SELECT event_id FROM kept) AS duplicate
-        FROM (SELECT src_index, source, file, row, {EVENT_ID} AS event_id, prompt, completion,
-                     vote = 'up' AS label, user_id, ts AS "timestamp", weight, conversation_id, meta
-              FROM cands WHERE outcome = 'event')"""
+        """UPDATE cands SET outcome = 'duplicate' FROM (
+            SELECT src_index, file, row FROM (
+                SELECT src_index, file, row, event_id,
+                       row_number() OVER (PARTITION BY event_id ORDER BY src_index, file, row) AS copy
+                FROM cands WHERE outcome = 'event')
+            WHERE copy > 1 OR event_id IN (SELECT event_id FROM kept)) AS d
+        WHERE cands.outcome = 'event' AND cands.src_index = d.src_index
+          AND cands.file IS NOT DISTINCT FROM d.file AND cands.row = d.row"""
     )
     con.execute(
         f"""CREATE TEMP VIEW merged AS SELECT {_names(EVENTS)} FROM kept
-        UNION ALL SELECT {_names(EVENTS)} FROM fresh WHERE NOT duplicate"""
+        UNION ALL SELECT event_id, prompt, completion, vote = 'up', user_id, ts, source, weight, conversation_id, meta
+        FROM cands WHERE outcome = 'event'"""
     )
     _write_events(con, events_path, split_by, eval_fraction)
     _write_quarantine(con, quarantine_path)
@@ -158,9 +162,6 @@ def _write_quarantine(con, path: Path) -> None:
 def _count(con, entries: list[dict]) -> list[dict]:
     """Each entry with its counters, reasons and outcome details."""
     outcomes = con.execute("SELECT src_index, outcome, count(*) FROM cands GROUP BY ALL").fetchall()
-    duplicates = dict(
-        con.execute("SELECT src_index, count(*) FROM fresh WHERE duplicate GROUP BY ALL").fetchall()
-    )
     reasons = con.execute(
         "SELECT src_index, reason, count(*) FROM cands WHERE reason IS NOT NULL GROUP BY ALL ORDER BY 3 DESC, 2"
     ).fetchall()
@@ -174,10 +175,6 @@ def _count(con, entries: list[dict]) -> list[dict]:
                 counts[COUNTED_AS[outcome]] += n
                 if outcome not in ("event", "quarantined"):
                     entry["detail"][outcome] = n
-        moved = duplicates.get(index, 0)
-        counts["rows_ok"] -= moved
-        counts["rows_duplicate"] += moved
-        entry["detail"]["duplicate_events"] = moved
         files = entry.pop("files")
         done.append(
             {"source": entry.pop("source")}
