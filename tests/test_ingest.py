@@ -173,7 +173,9 @@ def test_map_names_other_columns_and_nested_fields(tmp_path):
 def test_common_aliases_need_no_map(tmp_path):
     rows = [{"input": "hi", "response": "hello", "rating": 5, "user": 42, "created_at": 1714557600}]
     out = tmp_path / "out"
-    run([write_lines(tmp_path / "a.jsonl", rows)], out)
+    log = write_lines(tmp_path / "a.jsonl", rows)
+    log.write_bytes(b"\xef\xbb\xbf" + log.read_bytes())  # as some exporters write it
+    run([log], out)
     (event,) = events(out)
     assert (event["prompt"], event["completion"], event["user_id"]) == ("hi", "hello", "42")
     assert event["timestamp"].isoformat() == "2024-05-01T10:00:00+00:00"

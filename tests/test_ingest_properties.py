@@ -123,7 +123,9 @@ LINE = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")) | st.just(b"x
     chunk=st.integers(1, 64),
     limit=st.integers(1, 60),
 )
-def test_lines_split_exactly_whatever_the_chunks(tmp_path_factory, monkeypatch, lines, final_newline, chunk, limit):
+def test_lines_split_exactly_whatever_the_chunks(
+    tmp_path_factory, monkeypatch, lines, final_newline, chunk, limit
+):
     """Line numbers and lengths are exact; a line within the limit is whole; a longer one keeps its head."""
     monkeypatch.setattr(sources, "CHUNK_BYTES", chunk)
     texts = [text + (b"\r" if crlf else b"") for text, crlf in lines]

@@ -177,6 +177,8 @@ def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
     last = b""  # the last byte dropped, to know whether an over-long line ended in \r
     keep = max(max_row_bytes, 1) + 1
     with _open(path) as handle:
+        if handle.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte-order mark is not part of line 1
+            handle.seek(0)
         while block := handle.read(CHUNK_BYTES):
             data = carry + block if carry else block
             newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
