@@ -285,9 +285,12 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
     if "label" in j:
         voting = "event = 'vote' AND " if shape == "feedback" else ""
         require("label", f"{voting}vote = 'missing'")
-        shown = f"left({j['label']}::VARCHAR, 80)"
         checks.append(
-            (f"{voting}vote = 'wrong_type'", "wrong_type", f"'{name_of('label')} holds ' || {shown}")
+            (
+                f"{voting}vote = 'wrong_type'",
+                "wrong_type",
+                f"'{name_of('label')} holds ' || {_shown(j['label'])}",
+            )
         )
     if shape in ("flat", "generations"):
         typed("prompt", "'VARCHAR', 'ARRAY'", "text or a list of chat messages")
