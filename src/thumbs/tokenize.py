@@ -110,3 +110,57 @@ def collate(seqs: list[tuple[list[int], int]], pad_id: int, pad_to_multiple: int
         attention_mask[row, : len(ids)] = 1
         completion_mask[row, start : len(ids)] = True
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def pack(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
+    """Several sequences per row, no padding between them: ``collate``'s result without most of its padding.
+
+    Sequences go into rows as wide as the longest one (first fit, longest first), so attention
+    never spans more than one sequence's worth of positions. ``position_ids`` restart at 0 for each
+    sequence and ``attention_mask`` is a block-diagonal causal mask [rows, 1, T, T] (True = attend):
+    position ids alone do not keep packed sequences apart under SDPA or eager attention. The
+    padding left at a row's end attends only to itself, so no query row is fully masked (NaN).
+    ``segment_ids`` [rows, T] gives each token's sequence (its index in ``seqs``) for the per-sequence sums.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in seqs)
+    rows: list[list[int]] = []  # sequence indices per row
+    room: list[int] = []
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0])):
+        need = len(seqs[i][0])
+        row = next((r for r, free in enumerate(room) if free >= need), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= need
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    completion_mask = torch.zeros(shape, dtype=torch.bool)
+    segment_ids = torch.zeros(shape, dtype=torch.long)
+    block = torch.full(shape, -1, dtype=torch.long)  # which block of the row each position attends within
+    for r, members in enumerate(rows):
+        at = 0
+        for k, i in enumerate(members):
+            ids, start = seqs[i]
+            span = slice(at, at + len(ids))
+            input_ids[r, span] = torch.tensor(ids, dtype=torch.long)
+            position_ids[r, span] = torch.arange(len(ids))
+            completion_mask[r, at + start : at + len(ids)] = True
+            segment_ids[r, span] = i
+            block[r, span] = k
+            at += len(ids)
+        position_ids[r, at:] = torch.arange(width - at)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    attention_mask = (block.unsqueeze(2) == block.unsqueeze(1)) & causal
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask.unsqueeze(1),
+        "completion_mask": completion_mask,
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "num_segments": len(seqs),
+    }

@@ -159,7 +159,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     from thumbs.methods import METHODS, build_items
     from thumbs.models import load_model, load_tokenizer
     from thumbs.reference import reference_logps
-    from thumbs.tokenize import Encoder, collate
+    from thumbs.tokenize import Encoder, collate, pack
 
     # under torchrun on a machine without GPUs Accelerate needs cpu=True, else each rank trains alone
     spread = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
@@ -280,13 +280,14 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
     def forward(role_names, index):
         seqs = [items.seqs[role][i] for role in role_names for i in index]
-        batch = {k: v.to(accelerator.device) for k, v in collate(seqs, tokenizer.pad_token_id).items()}
+        batch = (pack if cfg.train.packing else collate)(seqs, tokenizer.pad_token_id)
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logps, tokens = wrapped(**batch)
         n = len(index)
         return (
             {r: logps[j * n : (j + 1) * n] for j, r in enumerate(role_names)},
             {r: tokens[j * n : (j + 1) * n] for j, r in enumerate(role_names)},
-            int(batch["attention_mask"].sum()),
+            sum(len(ids) for ids, _ in seqs),
         )
 
     # ---- loop ------------------------------------------------------------------------------------
