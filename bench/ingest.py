@@ -10,11 +10,13 @@ Then, each in its own subprocess so that peak memory is its own:
 
 - thumbs: ``thumbs.data.ingest.ingest([log], out)``, the whole run (read, check, dedup, split,
   write events.parquet, quarantine.jsonl, manifest.json).
-- peer: what one writes without an engine, line by line in Python: ``json.loads`` each line,
-  the same checks and chat-prompt JSON, a pandas DataFrame, ``drop_duplicates``, ``to_parquet``.
-  It runs on the first ``--peer-rows`` lines; its time is scaled linearly to ``--rows``.
+- peer: the same work written without an engine, line by line in Python: ``json.loads`` each
+  line, the same checks, chat-prompt JSON, meta, md5 event id and prompt split, quarantine lines
+  with number and raw text; then pandas for dedup, sort and ``to_parquet`` (zstd). It runs on the
+  first ``--peer-rows`` lines; its time is scaled linearly to ``--rows``.
 
-Reported: seconds, events/s (events written / seconds), peak memory = VmHWM of the process
+Reported: seconds, CPU seconds (user + system, all threads), events/s (events written / seconds),
+peak memory = VmHWM of the process
 (resident high-water mark from /proc/self/status, which counts DuckDB's native memory, not
 only Python's), the peer/thumbs time ratio, and the targets (under 20 s, under 2 GiB). The load
 average is printed too: on a shared machine the wall time is only as good as the cores it got.
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -72,8 +75,6 @@ def peak_resident_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -88,14 +89,26 @@ def run_thumbs(log: Path, out: Path) -> dict:
 
 
 UP = {"up": True, "👍": True, True: True, "down": False, "👎": False, False: False, -1: False}  # True == 1
+MAPPED = ("messages", "feedback", "user_id", "timestamp", "conversation_id")
+
+
+def _part(value) -> bytes:
+    return b"~|" if value is None else f"{len(value.encode())}:{value}|".encode()
 
 
 def run_peer(log: Path, out: Path, rows: int) -> dict:
-    """The plain-Python baseline: one line at a time, then pandas for dedup and Parquet."""
+    """The plain-Python baseline doing the same work one line at a time, then pandas for the table.
+
+    Same outputs as thumbs for this log: the chat prompt as json.dumps text, meta of the unmapped
+    keys, an md5 event id, dedup on it, the md5 prompt split, quarantine lines with their line
+    number and raw text, Parquet with zstd.
+    """
+    import hashlib
+
     import pandas as pd
 
     started = time.perf_counter()
-    records, bad = [], 0
+    records, quarantined = [], []
     with log.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number > rows:
@@ -108,33 +121,48 @@ def run_peer(log: Path, out: Path, rows: int) -> dict:
                 label = UP[row["feedback"]]
                 if not isinstance(completion, str) or not completion.strip():
                     raise ValueError("empty completion")
-            except (ValueError, KeyError, TypeError):
-                bad += 1
+            except (ValueError, KeyError, TypeError) as err:
+                text = raw.decode("utf-8", "backslashreplace").rstrip("\r\n")
+                quarantined.append({"row": number, "reason": type(err).__name__, "raw": text})
                 continue
-            prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
+            prompt = json.dumps(
+                [{"role": m["role"], "content": m["content"]} for m in messages[:last]], ensure_ascii=False
+            )
+            meta = {k: v for k, v in row.items() if k not in MAPPED}
+            stamp = pd.Timestamp(row["timestamp"]).value // 1000 if row.get("timestamp") else None
+            vote = "up" if label else "down"
+            key = b"".join([_part(row.get("user_id")), _part(prompt), _part(completion), vote.encode(), b"|"])
             records.append(
                 {
-                    "prompt": json.dumps(prompt, ensure_ascii=False),
+                    "event_id": hashlib.md5(
+                        key + _part(None if stamp is None else str(stamp)) + _part(None)
+                    ).hexdigest(),
+                    "prompt": prompt,
                     "completion": completion,
                     "label": label,
                     "user_id": row.get("user_id"),
                     "timestamp": row.get("timestamp"),
+                    "weight": 1.0,
                     "conversation_id": row.get("conversation_id"),
+                    "split": "eval" if hashlib.md5(prompt.encode()).hexdigest()[:8] < "1999999a" else "train",
+                    "meta": json.dumps(meta, ensure_ascii=False, separators=(",", ":")) if meta else None,
                 }
             )
-    frame = pd.DataFrame.from_records(records)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce")
-    frame = frame.drop_duplicates(["user_id", "prompt", "completion", "label", "timestamp"])
-    frame.to_parquet(out / "peer.parquet")
+    frame = pd.DataFrame.from_records(records).drop_duplicates("event_id")
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    frame.sort_values("event_id").to_parquet(out / "peer.parquet", compression="zstd", index=False)
+    with (out / "quarantine.jsonl").open("w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantined)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "events": len(frame), "rows_quarantined": bad, "rows_in": min(rows, number)}
+    return {"seconds": seconds, "events": len(frame), "rows_quarantined": len(quarantined), "rows_in": number}
 
 
 def _worker(args: argparse.Namespace) -> None:
     log, out = Path(args.log), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_thumbs(log, out) if args.worker == "thumbs" else run_peer(log, out, args.peer_rows)
-    result["peak_bytes"] = peak_resident_bytes()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result |= {"cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_bytes": peak_resident_bytes()}
     print(json.dumps(result))
 
 
@@ -191,12 +219,14 @@ def main() -> None:
     print(f"log: {args.rows:,} votes, {report['log_bytes'] / 2**20:.0f} MiB (1% bad), written in {made:.1f}s")
     print(f"machine: {report['cpus']} CPUs, load average {report['load_average'][0]:.2f} (1 min)")
     print(
-        f"thumbs ingest: {thumbs['seconds']:.1f}s, {report['thumbs']['events_per_s']:,.0f} events/s, "
+        f"thumbs ingest: {thumbs['seconds']:.1f}s ({thumbs['cpu_seconds']:.1f} CPU-s), "
+        f"{report['thumbs']['events_per_s']:,.0f} events/s, "
         f"peak resident {thumbs['peak_bytes'] / gib:.2f} GiB (VmHWM); {thumbs['events']:,} events, "
         f"{thumbs['rows_quarantined']:,} quarantined, {thumbs['rows_duplicate']:,} duplicates"
     )
     print(
-        f"peer (json.loads per line + pandas) on {peer_rows:,} rows: {peer['seconds']:.1f}s, "
+        f"peer (json.loads per line + pandas) on {peer_rows:,} rows: {peer['seconds']:.1f}s "
+        f"({peer['cpu_seconds']:.1f} CPU-s), "
         f"peak {peer['peak_bytes'] / gib:.2f} GiB; scaled to {args.rows:,}: {peer_scaled:.1f}s"
     )
     print(f"peer / thumbs time: {report['peer_over_thumbs_time']:.1f}x")

@@ -8,6 +8,8 @@ DuckDB writes upper case) take the slow path, which quotes each string itself, w
 ``json.dumps`` for the rare control characters. Content that is a number or a boolean is taken
 as its text; a message without content has the empty text.
 
+Macros over a JSON value take its ``json_type`` too, computed once per field and row.
+
 Two Python functions run on the few rows that need them only: exact quoting of control
 characters, and showing a row that is not valid UTF-8 with its bad bytes as ``\\xNN``.
 """
@@ -40,16 +42,15 @@ CREATE OR REPLACE TEMP MACRO thumbs_chat(msgs, simple) AS CASE WHEN simple
         '{"role":', '{"role": '), ',"content":', ', "content": '), '},{"role"', '}, {"role"')
     ELSE '[' || array_to_string(list_transform(msgs, lambda m:
         '{"role": ' || thumbs_quote(m.role) || ', "content": ' || thumbs_quote(m.content) || '}'), ', ') || ']' END;
-CREATE OR REPLACE TEMP MACRO thumbs_scalar(v) AS CASE
-    WHEN json_type(v) = 'VARCHAR' THEN nullif(v->>'$', '')
-    WHEN json_type(v) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN v::VARCHAR END;
+CREATE OR REPLACE TEMP MACRO thumbs_scalar(v, t) AS CASE
+    WHEN t = 'VARCHAR' THEN nullif(v->>'$', '')
+    WHEN t IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN v::VARCHAR END;
 CREATE OR REPLACE TEMP MACRO thumbs_epoch(x) AS CASE
     WHEN NOT isfinite(x) OR x < -1e11 OR x > 1e17 THEN NULL
     WHEN x > 1e14 THEN to_timestamp(x / 1e6) WHEN x > 1e11 THEN to_timestamp(x / 1e3) ELSE to_timestamp(x) END;
-CREATE OR REPLACE TEMP MACRO thumbs_time(v) AS CASE
-    WHEN json_type(v) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN thumbs_epoch(TRY_CAST(v::VARCHAR AS DOUBLE))
-    WHEN json_type(v) = 'VARCHAR' AND TRY_CAST(v->>'$' AS DOUBLE) IS NOT NULL THEN thumbs_epoch(TRY_CAST(v->>'$' AS DOUBLE))
-    WHEN json_type(v) = 'VARCHAR' THEN TRY_CAST(v->>'$' AS TIMESTAMPTZ) END;
+CREATE OR REPLACE TEMP MACRO thumbs_time(v, t) AS CASE
+    WHEN t IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN thumbs_epoch(TRY_CAST(v::VARCHAR AS DOUBLE))
+    WHEN t = 'VARCHAR' THEN coalesce(TRY_CAST(v->>'$' AS TIMESTAMPTZ), thumbs_epoch(TRY_CAST(v->>'$' AS DOUBLE))) END;
 CREATE OR REPLACE TEMP MACRO thumbs_blank(s) AS CASE
     WHEN s = '' THEN true WHEN ascii(s) > 32 THEN false ELSE regexp_full_match(s, '\s*') END;
 CREATE OR REPLACE TEMP MACRO thumbs_part(s) AS CASE WHEN s IS NULL THEN '~|' ELSE strlen(s) || ':' || s || '|' END;

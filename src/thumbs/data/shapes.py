@@ -179,7 +179,8 @@ def classify(con, staged: str, out: str, plan: Plan) -> None:
     paths = [_path(plan.mapping[n]) for n in fields] + [_path(k, nested=False) for k in meta_keys]
     path_list = ", ".join(map(_sql_text, paths)) or "'$'"
     j = {n: "NULL::JSON" for n in FIELDS_OF[plan.shape]} | {n: f"f[{i + 1}]" for i, n in enumerate(fields)}
-    layers, checks = _shape_sql(plan, j)
+    t = {n: "NULL::VARCHAR" for n in FIELDS_OF[plan.shape]} | {n: f"t_{n}" for n in fields}
+    layers, checks = _shape_sql(plan, j, t)
     reason = " ".join(f"WHEN {cond} THEN '{code}'" for cond, code, _ in checks)
     detail = " ".join(f"WHEN {cond} THEN {text}" for cond, _, text in checks)
     chain = [
@@ -190,7 +191,10 @@ def classify(con, staged: str, out: str, plan: Plan) -> None:
             WHEN NOT starts_with(ltrim(raw), '{{') THEN 'not_an_object' END AS early FROM {staged}""",
         f"SELECT *, CASE WHEN early IS NULL THEN json_extract(raw, [{path_list}]) END AS f FROM layer0",
     ]
-    for layer in [*layers, {"reason": f"coalesce(early, CASE {reason} END)"}]:
+    types = {f"t_{n}": f"json_type({j[n]})" for n in fields}  # each field's JSON type, found once
+    for layer in [
+        layer for layer in (types, *layers, {"reason": f"coalesce(early, CASE {reason} END)"}) if layer
+    ]:
         columns = ", ".join(f"{sql} AS {name}" for name, sql in layer.items())
         chain.append(f"SELECT *, {columns} FROM layer{len(chain) - 1}")
     ctes = ",\n".join(f"layer{i} AS ({sql})" for i, sql in enumerate(chain))
@@ -220,10 +224,11 @@ def _meta_sql(plan: Plan, first: int) -> str:
         return f"nullif(json_merge_patch(raw, {_sql_text(_meta_patch(plan.mapping))})::VARCHAR, '{{}}')"
     if not plan.meta_keys:
         return "NULL::VARCHAR"
-    entries = ", ".join(
-        f"{{'k': {_sql_text(k)}, 'v': f[{first + i + 1}]}}" for i, k in enumerate(plan.meta_keys)
-    )
-    return f"nullif(to_json(map_from_entries(list_filter([{entries}], lambda e: e.v IS NOT NULL)))::VARCHAR, '{{}}')"
+    values = [(_sql_text(k), f"f[{first + i + 1}]") for i, k in enumerate(plan.meta_keys)]
+    entries = ", ".join(f"{{'k': {k}, 'v': {v}}}" for k, v in values)
+    some = f"nullif(to_json(map_from_entries(list_filter([{entries}], lambda e: e.v IS NOT NULL)))::VARCHAR, '{{}}')"
+    every = " AND ".join(f"{v} IS NOT NULL" for _, v in values)  # the usual row: all present, no filtering
+    return f"CASE WHEN {every} THEN json_object({', '.join(f'{k}, {v}' for k, v in values)})::VARCHAR ELSE {some} END"
 
 
 def _early_detail(plan: Plan) -> str:
@@ -235,8 +240,13 @@ def _early_detail(plan: Plan) -> str:
         WHEN 'malformed_row' THEN 'the CSV reader rejected this record (column count or quoting)' END"""
 
 
-def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], list[tuple[str, str, str]]]:
-    """Layers of named SQL columns, and ordered checks (condition, reason code, detail) over them."""
+def _shape_sql(
+    plan: Plan, j: dict[str, str], t: dict[str, str]
+) -> tuple[list[dict[str, str]], list[tuple[str, str, str]]]:
+    """Layers of named SQL columns, and ordered checks (condition, reason code, detail) over them.
+
+    ``j`` holds each field's JSON value, ``t`` its JSON type (both SQL expressions).
+    """
     m, shape = plan.mapping, plan.shape
     pre: dict[str, str] = {}
     parsed: dict[str, str] = {}
@@ -249,7 +259,7 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
         return (f"field '{m[name]}' ({name})" if name in m else f"field '{name}'").replace("'", "''")
 
     def require(name: str, cond: str | None = None) -> None:
-        missing = cond or f"({j[name]} IS NULL OR json_type({j[name]}) = 'NULL')"
+        missing = cond or f"coalesce({t[name]}, 'NULL') = 'NULL'"
         text = (
             f"{name_of(name)} is missing"
             if name in m
@@ -258,22 +268,20 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
         checks.append((missing, "missing_field", f"'{text}'"))
 
     def typed(name: str, types: str, what: str) -> None:
-        cond = f"json_type({j[name]}) NOT IN ('NULL', {types})"
-        checks.append(
-            (cond, "wrong_type", f"'{name_of(name)} should be {what}, got ' || lower(json_type({j[name]}))")
-        )
+        cond = f"{t[name]} NOT IN ('NULL', {types})"
+        checks.append((cond, "wrong_type", f"'{name_of(name)} should be {what}, got ' || lower({t[name]})"))
 
     for name in ("prompt", "completion", "messages", "generation_id"):
         if name in REQUIRED[shape]:
             require(name)
     if "label" in j:
-        pre["label_word"] = word_sql(j["label"])
-        parsed["label_number"] = number_sql(j["label"], "label_word")
+        pre["label_word"] = word_sql(j["label"], t["label"])
+        parsed["label_number"] = number_sql(j["label"], t["label"], "label_word")
         values["vote"] = vote_sql(
             "label_word", "label_number", plan.scale, regenerate_as_down=plan.regenerate_as_down
         )
     if shape == "feedback":  # retractions carry no vote; a regenerate is a vote only when asked for
-        event = f"lower(thumbs_scalar({j['event']}))"
+        event = f"lower(thumbs_scalar({j['event']}, {t['event']}))"
         parsed["event"] = (
             f"CASE WHEN {event} IN ({_words(RETRACT)}) THEN 'retract' "
             f"WHEN {event} IN ({_words(REGENERATE_EVENTS)}) THEN 'regenerate' ELSE 'vote' END"
@@ -295,7 +303,7 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
     if shape in ("flat", "generations"):
         typed("prompt", "'VARCHAR', 'ARRAY'", "text or a list of chat messages")
         typed("completion", "'VARCHAR'", "text")
-        is_list = f"json_type({j['prompt']}) = 'ARRAY'"
+        is_list = f"{t['prompt']} = 'ARRAY'"
         pre["prompt_fast"] = f"CASE WHEN {is_list} THEN thumbs_fast({j['prompt']}) END"
         parsed["prompt_simple"] = f"CASE WHEN {is_list} THEN thumbs_simple({j['prompt']}, prompt_fast) END"
         chat["prompt_msgs"] = (
@@ -306,18 +314,16 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
         values["prompt"] = (
             f"CASE WHEN {is_list} THEN thumbs_chat(prompt_msgs, prompt_simple) ELSE {j['prompt']}->>'$' END"
         )
-        values["completion"] = (
-            f"CASE WHEN json_type({j['completion']}) = 'VARCHAR' THEN {j['completion']}->>'$' END"
-        )
+        values["completion"] = f"CASE WHEN {t['completion']} = 'VARCHAR' THEN {j['completion']}->>'$' END"
     if shape in ("chat", "generations"):
         typed("messages", "'ARRAY'", "a list of chat messages")
-        is_list = f"json_type({j['messages']}) = 'ARRAY'"
+        is_list = f"{t['messages']} = 'ARRAY'"
         pre["fast"] = f"CASE WHEN {is_list} THEN thumbs_fast({j['messages']}) END"
         parsed["simple"] = f"CASE WHEN {is_list} THEN thumbs_simple({j['messages']}, fast) END"
         chat["msgs"] = (
             f"(CASE WHEN {is_list} THEN thumbs_messages({j['messages']}, simple, fast) END)::{CHAT}"
         )
-        indexed["turn"] = _vote_index(j)
+        indexed["turn"] = _vote_index(j, t)
         as_chat = "true" if shape == "chat" else f"({is_list} AND {j['completion']} IS NULL)"
         checks.append(
             (f"{as_chat} AND thumbs_bad_chat(msgs)", "wrong_type", "'messages need a role and text content'")
@@ -331,7 +337,7 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
             values["prompt"], values["completion"] = chat_prompt, chat_completion
         else:  # a generation is prompt + completion, or a chat ending in its answer
             for name in ("prompt", "completion"):
-                require(name, f"NOT {as_chat} AND ({j[name]} IS NULL OR json_type({j[name]}) = 'NULL')")
+                require(name, f"NOT {as_chat} AND coalesce({t[name]}, 'NULL') = 'NULL'")
             values["prompt"] = f"CASE WHEN {as_chat} THEN {chat_prompt} ELSE {values['prompt']} END"
             values["completion"] = (
                 f"CASE WHEN {as_chat} THEN {chat_completion} ELSE {values['completion']} END"
@@ -339,10 +345,10 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
     for name in ("user_id", "conversation_id", "generation_id"):
         if name in j:
             typed(name, SCALAR, "text or a number")
-            values[name] = f"thumbs_scalar({j[name]})"
+            values[name] = f"thumbs_scalar({j[name]}, {t[name]})"
     if "weight" in j:
         parsed["weight"] = (
-            f"coalesce(TRY_CAST({j['weight']}->>'$' AS DOUBLE), CASE WHEN {j['weight']} IS NULL OR json_type({j['weight']}) = 'NULL' THEN 1.0 END)"
+            f"coalesce(TRY_CAST({j['weight']}->>'$' AS DOUBLE), CASE WHEN coalesce({t['weight']}, 'NULL') = 'NULL' THEN 1.0 END)"
         )
         checks.append(
             (
@@ -367,8 +373,8 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
             ("prompt IS NULL OR completion IS NULL", "wrong_type", "'prompt or completion could not be read'")
         )
     if "timestamp" in j:
-        values["ts"] = f"thumbs_time({j['timestamp']})"
-        bad = f"json_type({j['timestamp']}) <> 'NULL' AND ts IS NULL"
+        values["ts"] = f"thumbs_time({j['timestamp']}, {t['timestamp']})"
+        bad = f"{t['timestamp']} <> 'NULL' AND ts IS NULL"
         checks.append(
             (
                 bad,
@@ -377,7 +383,7 @@ def _shape_sql(plan: Plan, j: dict[str, str]) -> tuple[list[dict[str, str]], lis
             )
         )
     if "vote_key" in j:
-        values["vote_key"] = f"thumbs_scalar({j['vote_key']})"
+        values["vote_key"] = f"thumbs_scalar({j['vote_key']}, {t['vote_key']})"
     return [layer for layer in (pre, parsed, chat, indexed, values) if layer], checks
 
 
@@ -389,10 +395,10 @@ def _words(words: tuple[str, ...]) -> str:
     return ", ".join(_sql_text(w) for w in words)
 
 
-def _vote_index(j: dict[str, str]) -> str:
+def _vote_index(j: dict[str, str], t: dict[str, str]) -> str:
     """1-based position of the voted message: ``vote_index`` (0-based, negative from the end), else the last assistant."""
     last = "len(msgs) + 1 - list_position(list_reverse(list_transform(msgs, lambda m: m.role)), 'assistant')"
     if j.get("vote_index", "NULL::JSON") == "NULL::JSON":
         return last
     given = f"TRY_CAST({j['vote_index']}->>'$' AS BIGINT)"
-    return f"CASE WHEN json_type({j['vote_index']}) IS NULL OR json_type({j['vote_index']}) = 'NULL' THEN {last} WHEN {given} < 0 THEN len(msgs) + 1 + {given} ELSE {given} + 1 END"
+    return f"CASE WHEN coalesce({t['vote_index']}, 'NULL') = 'NULL' THEN {last} WHEN {given} < 0 THEN len(msgs) + 1 + {given} ELSE {given} + 1 END"

@@ -114,19 +114,19 @@ def _words(words: tuple[str, ...]) -> str:
     return ", ".join("'" + w.replace("'", "''") + "'" for w in words)
 
 
-def word_sql(v: str) -> str:
+def word_sql(v: str, t: str) -> str:
     """The JSON value ``v`` as a lower-case word: a string trimmed, ``true``/``false``, else ``<TYPE>``."""
     return (
-        f"CASE json_type({v}) WHEN 'VARCHAR' THEN lower(trim({v}->>'$')) WHEN 'BOOLEAN' THEN {v}::VARCHAR "
-        f"ELSE '<' || json_type({v}) || '>' END"
+        f"CASE {t} WHEN 'VARCHAR' THEN lower(trim({v}->>'$')) WHEN 'BOOLEAN' THEN {v}::VARCHAR "
+        f"ELSE '<' || {t} || '>' END"
     )
 
 
-def number_sql(v: str, word: str) -> str:
+def number_sql(v: str, t: str, word: str) -> str:
     """The JSON value ``v`` as a DOUBLE when it is a number or a numeric string, else NULL."""
     return (
-        f"CASE WHEN json_type({v}) IN ({_words(NUMERIC)}) THEN TRY_CAST({v}::VARCHAR AS DOUBLE) "
-        f"WHEN json_type({v}) = 'VARCHAR' AND {word} NOT IN ({_words(UP + DOWN)}) THEN TRY_CAST({word} AS DOUBLE) END"
+        f"CASE WHEN {t} IN ({_words(NUMERIC)}) THEN TRY_CAST({v}::VARCHAR AS DOUBLE) "
+        f"WHEN {t} = 'VARCHAR' AND {word} NOT IN ({_words(UP + DOWN)}) THEN TRY_CAST({word} AS DOUBLE) END"
     )
 
 
