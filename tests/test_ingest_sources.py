@@ -55,10 +55,10 @@ def test_parquet_folder_and_glob(tmp_path):
     write_lines(folder / "day2" / "b.jsonl", ROWS[3:])
     with gzip.open(folder / "day2" / "c.jsonl.gz", "wb") as handle:
         handle.write(json.dumps(vote(completion="gz", user_id="z")).encode() + b"\n")
-    with pytest.raises(ThumbsError, match="mixes formats"):
-        ingest([str(folder)], tmp_path / "mixed")
     run([folder / "*.parquet", folder / "day2"], tmp_path / "out")
     assert _pairs(tmp_path / "out") == WANT | {("gz", True)}
+    mixed = run([folder], tmp_path / "mixed")  # one folder, three formats
+    assert mixed["sources"][0]["kind"] == "files" and _pairs(tmp_path / "mixed") == _pairs(tmp_path / "out")
     out = tmp_path / "glob"
     manifest = run([str(folder / "**" / "*.jsonl*")], out)
     assert manifest["sources"][0]["file_count"] == 2

@@ -49,11 +49,12 @@ class Source:
     """One thing to read: files of one format, a SQL table or query, or a builtin dataset."""
 
     name: str  # how outputs name it (never holds a password)
-    kind: str  # jsonl | json | csv | tsv | parquet | sqlite | postgres | builtin
+    kind: str  # jsonl | json | csv | tsv | parquet | files (several formats) | sqlite | postgres | builtin
     files: list[str] = field(default_factory=list)
     table: str | None = None
     query: str | None = None
     url: str | None = None  # SQLite path or PostgreSQL URL, as given
+    formats: dict[str, str] = field(default_factory=dict)  # file -> its format (a folder may mix them)
 
 
 def resolve(
@@ -80,14 +81,9 @@ def resolve(
     if table or query:
         raise ThumbsError("--table/--query apply to SQLite and PostgreSQL sources", file=spec)
     files = _expand(spec)
-    kinds = {fmt or _format_of(f) for f in files}
-    if len(kinds) > 1:
-        raise ThumbsError(
-            f"mixes formats ({', '.join(sorted(kinds))})",
-            file=spec,
-            hint="give one glob per format, or --format",
-        )
-    return Source(os.path.normpath(spec), kinds.pop(), files)
+    formats = {f: fmt or _format_of(f) for f in files}
+    kinds = set(formats.values())
+    return Source(os.path.normpath(spec), kinds.pop() if len(kinds) == 1 else "files", files, formats=formats)
 
 
 def _sql_name(base: str, table: str | None, query: str | None) -> str:
@@ -142,11 +138,9 @@ def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row
         from thumbs.data.databases import postgres_rows, sqlite_rows
 
         rows = sqlite_rows(source) if source.kind == "sqlite" else postgres_rows(source)
-        return _insert_text_batches(
-            con, table, source.url if source.kind == "sqlite" else None, rows, source.name
-        )
+        return _insert_text_batches(con, table, source.name, rows)  # its "file" names the table or query
     for path in source.files:
-        kind = source.kind
+        kind = source.formats[path]
         if kind == "json" and _first_char(path) != "[":
             kind = "jsonl"  # a .json file of one object per line
         if kind == "jsonl":
@@ -230,7 +224,7 @@ def batch(rows: list[int], raws: list[bytes], nbytes: list[int]) -> pa.RecordBat
 BATCH_SCHEMA = pa.schema([("row", pa.int64()), ("raw", pa.large_binary()), ("nbytes", pa.int64())])
 
 
-def _insert_text_batches(con, table: str, file: str | None, batches, where: str = "") -> None:
+def _insert_text_batches(con, table: str, file: str, batches) -> None:
     """Decode and check rows of raw bytes inside DuckDB; blank lines are not rows."""
     reader = pa.RecordBatchReader.from_batches(BATCH_SCHEMA, batches)
     con.register("_thumbs_batches", reader)
@@ -244,7 +238,7 @@ def _insert_text_batches(con, table: str, file: str | None, batches, where: str 
             [file],
         )
     except duckdb.Error as err:  # the reader failed mid-stream (a broken gzip, a lost connection)
-        raise ThumbsError(f"reading stopped: {first_line(err)}", file=file or where) from None
+        raise ThumbsError(f"reading stopped: {first_line(err)}", file=file) from None
     finally:
         con.unregister("_thumbs_batches")
 
