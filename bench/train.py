@@ -66,7 +66,7 @@ QUICK_MODEL = dict(
     tie_word_embeddings=True,
 )
 # examples = batch_size x grad_accum x steps: every example is trained on once (one epoch)
-FULL = dict(model=SMOLLM2_135M, batch_size=4, grad_accum=2, steps=5, max_length=512)
+FULL = dict(model=SMOLLM2_135M, batch_size=4, grad_accum=1, steps=5, max_length=512)
 QUICK = dict(model=QUICK_MODEL, batch_size=4, grad_accum=1, steps=6, max_length=512)
 SETTINGS = dict(seed=0, learning_rate=1e-3, max_grad_norm=1.0, beta=0.1, ref_batch_size=8)
 TOLERANCE = 1e-4
