@@ -234,6 +234,9 @@ def evaluate(
         "win_rate_interval": "95% Wilson score interval, ties counted as half a win",
         "reward": {"policy": mean_stderr(policy_scores), "reference": mean_stderr(reference_scores)},
         "kl": mean_stderr(policy_logps - reference_logps),
+        "kl_note": None
+        if temperature == 1 and top_p == 1
+        else "samples came from a tempered/truncated policy: the KL estimate is indicative only",
         "length": {
             "policy": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in policy_ids])),
             "reference": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in reference_ids])),

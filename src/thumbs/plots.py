@@ -130,7 +130,6 @@ def frontier(runs: list[Any]) -> str | None:
         )  # fmt: skip
         ax.annotate(run.name, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=FONT)
     ax.plot([], [], "o", mfc="white", color=REFERENCE_COLOR, label="reference (KL 0)")
-    ax.axvline(0, color=REFERENCE_COLOR, linewidth=1)
     ax.set_xlabel("KL(policy ‖ reference), nats per completion")
     ax.set_ylabel(f"judge reward ({evaluated[0][1].eval.get('judge', 'judge')})")
     ax.set_title("Reward against KL: what each run bought, and how far it moved", loc="left")
