@@ -122,11 +122,11 @@ def frontier(runs: list[Any]) -> str | None:
         ax.plot([0, x], [ref_y, y], color=color(i), linewidth=1, alpha=0.5)
         ax.errorbar(
             x, y, xerr=kl["stderr"] or 0, yerr=reward["policy"]["stderr"] or 0,
-            fmt="o", color=color(i), markersize=9, capsize=4, label=run.name,
+            fmt="o", color=color(i), markersize=9, capsize=4, label=run.name, zorder=3,
         )  # fmt: skip
         ax.errorbar(
             0, ref_y, yerr=reward["reference"]["stderr"] or 0, fmt="o", mfc="white", color=color(i),
-            markersize=9, capsize=4,
+            markersize=9, capsize=4, zorder=2,
         )  # fmt: skip
         ax.annotate(run.name, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=FONT)
     ax.plot([], [], "o", mfc="white", color=REFERENCE_COLOR, label="reference (KL 0)")
