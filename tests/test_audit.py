@@ -119,7 +119,7 @@ def test_planted_heavy_downvoters_are_found_and_no_one_else(seed):
 def test_heavy_downvoter_thresholds_are_options():
     table, planted, _ = planted_downvoters()
     assert audit(table, heavy_rate_margin=0.7)["users"]["heavy_downvoters"]["count"] == 0
-    assert audit(table, heavy_rate_z=4.5)["users"]["heavy_downvoters"]["count"] == 0
+    assert audit(table, heavy_rate_z=25)["users"]["heavy_downvoters"]["count"] == 0
     assert audit(table, heavy_min_votes=1_000)["users"]["heavy_downvoters"]["count"] == 0
     assert audit(table, heavy_volume_ratio=1.0, heavy_min_votes=5)["users"]["heavy_downvoters"]["count"] >= 4
 

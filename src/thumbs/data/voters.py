@@ -115,19 +115,23 @@ def heavy_downvoters(
     Medians resist the few extreme voters the rule looks for, so they cannot raise their own
     yardstick. Measuring "far above" in the population's own spread keeps busy users with an
     ordinary sour taste out; the margin is a floor for populations that barely vary; the test
-    keeps a short lucky streak out. The spread includes the sampling noise of light voters, which
-    only makes the rule stricter.
+    keeps a short lucky streak out. The binomial noise of a typical user's rate, m(1−m)/n for the
+    median vote count n, is taken out of the spread (in quadrature): production users vote a few
+    times each, and their coin-flip noise would otherwise set a bar nobody can pass.
     """
     users, median_votes, pooled = con.execute(
         "SELECT count(*), median(votes), sum(downvotes) / sum(votes) FROM per_user"
     ).fetchall()[0]
     volume = max(float(min_votes), volume_ratio * float(median_votes))
-    center, spread = con.execute(
-        f"""SELECT median(downvotes / votes), 1.4826 * mad(downvotes / votes)
+    center, spread, votes_typical = con.execute(
+        f"""SELECT median(downvotes / votes), 1.4826 * mad(downvotes / votes), median(votes)
             FROM per_user WHERE votes >= {RATE_MIN_VOTES}"""
     ).fetchall()[0]
     if center is None:  # nobody has enough votes for a rate: the pooled rate, and the margin alone
         center, spread = pooled, 0.0
+    else:  # the spread of tastes, not of coin flips: take out a typical user's binomial noise
+        noise = center * (1 - center) / float(votes_typical)
+        spread = math.sqrt(max(0.0, spread**2 - noise))
     rate = center + max(rate_margin, rate_z * spread)
     candidates = con.execute(
         """SELECT user_id, votes, downvotes FROM per_user
@@ -149,7 +153,8 @@ def heavy_downvoters(
             )
     return {
         "rule": "votes ≥ max(min_votes, volume_ratio × median votes per user); downvote rate ≥ median user rate "
-        "+ max(rate_margin, rate_z × 1.4826 × MAD of user rates); one-sided binomial p ≤ alpha / users "
+        "+ max(rate_margin, rate_z × spread), spread = 1.4826 × MAD of user rates less a typical user's "
+        "binomial noise; one-sided binomial p ≤ alpha / users "
         "against the median user rate",
         "thresholds": {
             "volume_ratio": volume_ratio,
