@@ -353,6 +353,7 @@ def test_clear_errors_for_missing_run_no_prompts_and_bad_judge(workspace, tmp_pa
     assert "not found" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_after_real_training_kl_is_positive_and_heldout_auc_above_chance(tmp_path):
     """End to end with the trainer's own run folder: KTO (full fine-tune) on feedback with an eval split."""
     import pyarrow as pa
