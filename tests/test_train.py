@@ -218,3 +218,20 @@ def test_events_parquet_with_splits_trains_on_the_train_split(tmp_path):
     assert load_examples(str(tmp_path), split="train").num_rows == 30
     run = train(tiny_config(tmp_path, tmp_path, train__max_steps=1))
     assert json.loads((run / "data_summary.json").read_text())["examples"] == 30
+
+
+@pytest.mark.parametrize(
+    "desirable,undesirable,n_up",
+    [("auto", 1.0, 10), (1.0, "auto", 10), ("auto", "auto", 10), (1.0, "auto", 23), ("auto", 2.0, 23)],
+)
+def test_auto_class_weights_follow_the_papers_rule(desirable, undesirable, n_up):
+    from thumbs.config import load_config
+    from thumbs.train import class_weights
+
+    cfg = load_config(None, [f"kto.desirable_weight={desirable}", f"kto.undesirable_weight={undesirable}"])
+    summary = {"desirable": n_up, "undesirable": 30 - n_up}
+    class_weights(cfg, summary)
+    ratio = summary["class_weights"]["weighted_ratio"]
+    assert 1 - 1e-9 <= ratio <= 4 / 3 + 1e-9, (cfg.kto, ratio)
+    for given, resolved in ((desirable, cfg.kto.desirable_weight), (undesirable, cfg.kto.undesirable_weight)):
+        assert given == "auto" or resolved == given  # a weight the user gave is kept

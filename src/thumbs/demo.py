@@ -32,7 +32,7 @@ class Size:
     max_new_tokens: int
 
 
-FULL = Size(examples=480, kto_steps=40, dpo_steps=25, eval_n=48, heldout=300, max_new_tokens=48)
+FULL = Size(examples=320, kto_steps=40, dpo_steps=25, eval_n=48, heldout=200, max_new_tokens=48)
 QUICK = Size(examples=160, kto_steps=12, dpo_steps=8, eval_n=16, heldout=100, max_new_tokens=32)
 
 

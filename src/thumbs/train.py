@@ -109,10 +109,12 @@ def class_weights(cfg: Config, summary: dict) -> None:
         from thumbs.data.weighting import recommended_class_weights
 
         lam_d, lam_u = recommended_class_weights(n_d, n_u, cfg.data.deployment_positive_rate)
-        if cfg.kto.desirable_weight == "auto":
-            cfg.kto.desirable_weight = lam_d
-        if cfg.kto.undesirable_weight == "auto":
-            cfg.kto.undesirable_weight = lam_u
+        # one weight given: keep the recommended ratio λ_D/λ_U, scaled by the given weight
+        if auto == ["desirable_weight"]:
+            lam_d, lam_u = cfg.kto.undesirable_weight * lam_d / lam_u, cfg.kto.undesirable_weight
+        elif auto == ["undesirable_weight"]:
+            lam_d, lam_u = cfg.kto.desirable_weight, cfg.kto.desirable_weight * lam_u / lam_d
+        cfg.kto.desirable_weight, cfg.kto.undesirable_weight = lam_d, lam_u
     summary["class_weights"] = {
         "desirable": cfg.kto.desirable_weight,
         "undesirable": cfg.kto.undesirable_weight,
