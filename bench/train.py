@@ -66,9 +66,11 @@ QUICK_MODEL = dict(
     tie_word_embeddings=True,
 )
 # examples = batch_size x grad_accum x steps: every example is trained on once (one epoch)
-FULL = dict(model=SMOLLM2_135M, batch_size=4, grad_accum=1, steps=5, max_length=512)
-QUICK = dict(model=QUICK_MODEL, batch_size=4, grad_accum=1, steps=6, max_length=512)
-SETTINGS = dict(seed=0, learning_rate=1e-3, max_grad_norm=1.0, beta=0.1, ref_batch_size=8)
+# learning rate: large enough that step 2's loss moves measurably, small enough not to diverge
+# (at 1e-3 the 135M model's KL reached hundreds of nats and fp32 on CPU slowed several-fold)
+FULL = dict(model=SMOLLM2_135M, batch_size=4, grad_accum=1, steps=5, max_length=512, learning_rate=1e-5)
+QUICK = dict(model=QUICK_MODEL, batch_size=4, grad_accum=1, steps=6, max_length=512, learning_rate=1e-3)
+SETTINGS = dict(seed=0, max_grad_norm=1.0, beta=0.1, ref_batch_size=8)
 TOLERANCE = 1e-4
 
 WORDS = [
@@ -201,6 +203,7 @@ class Meter:
                     "t": time.perf_counter(),
                     "grad_tokens": meter.grad_tokens,
                     "nograd_tokens": meter.nograd_tokens,
+                    "peak_rss_mib": peak_rss_mib(),
                 }
             )
             meter.grad_tokens = meter.nograd_tokens = 0
@@ -260,7 +263,7 @@ def run_thumbs(spec: dict, work: Path) -> list[float]:
         "train.batch_size": spec["batch_size"],
         "train.grad_accum": spec["grad_accum"],
         "train.max_steps": spec["steps"],
-        "train.learning_rate": SETTINGS["learning_rate"],
+        "train.learning_rate": spec["learning_rate"],
         "train.schedule": "constant",
         "train.warmup_ratio": 0.0,
         "train.max_grad_norm": SETTINGS["max_grad_norm"],
@@ -291,7 +294,7 @@ def run_trl(spec: dict, work: Path) -> list[float]:
         per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=spec["grad_accum"],
         max_steps=spec["steps"],
-        learning_rate=SETTINGS["learning_rate"],
+        learning_rate=spec["learning_rate"],
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,
@@ -364,12 +367,14 @@ def worker(tool: str, spec_path: Path) -> None:
                 "nograd_tokens": after["nograd_tokens"],
             }
         )
+    peak = max(peak, matmul_flops(*spec["matmul"]))  # a shared machine: the better of before and after
     result = {
         "tool": tool,
         "losses": losses,
         "steps": steps,
         "matmul_flops": peak,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib_by_step": [s["peak_rss_mib"] for s in meter.steps],
     }
     print("BENCH-RESULT " + json.dumps(result), flush=True)
 
@@ -460,7 +465,9 @@ def main() -> None:
                 "lora": args.lora,
                 "matmul": [1024, 10] if args.quick else [2048, 5],
                 "thumbs_options": {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)},
-                **{k: preset[k] for k in ("batch_size", "grad_accum", "steps", "max_length")},
+                **{
+                    k: preset[k] for k in ("batch_size", "grad_accum", "steps", "max_length", "learning_rate")
+                },
             }
             result = {tool: summarise(launch(tool, spec, work, log), n_params) for tool in ("thumbs", "trl")}
             ours, theirs = result["thumbs"], result["trl"]
@@ -490,6 +497,7 @@ def main() -> None:
         "batch": f"{preset['batch_size']} x {preset['grad_accum']} accumulation",
         "steps": preset["steps"],
         "max_length": preset["max_length"],
+        "learning_rate": preset["learning_rate"],
         "thumbs_options": spec["thumbs_options"],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
