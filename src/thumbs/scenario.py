@@ -1,0 +1,162 @@
+"""`thumbs demo --scenario production`: feedback on the model's own answers, from users whose
+preferences are known, so that what each audit remedy changes is measured against the truth.
+
+The starting model answers a set of prompts. A simulated population votes on the answers:
+ordinary users judge by the ground-truth judge (VADER's compound score) with noise and a strict
+bar, so thumbs-down is the majority; a small group of heavy downvoters sees many answers and
+votes most of them down whatever they say. The votes go through the real pipeline (ingest,
+audit), then KTO trains three ways: as logged; with the paper's class weights (``auto``); and with
+class weights plus ``user_balance: inverse``. Each run is evaluated against the starting model by
+the ground-truth judge on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TOPICS = [
+    "a science-fiction film", "a romantic comedy", "a documentary about oceans", "an animated family film",
+    "a war drama", "a horror film", "a musical", "a detective thriller", "a superhero film", "a silent classic",
+    "a heist film", "a biopic of a painter", "a sports drama", "a western", "a space opera", "a coming-of-age story",
+    "a courtroom drama", "a nature documentary", "a zombie comedy", "a historical epic", "a spy thriller",
+    "a disaster film", "a road movie", "a fantasy adventure",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Population:
+    ordinary_users: int = 40
+    heavy_downvoters: int = 2
+    votes_per_answer: int = 5
+    heavy_share: float = 0.35  # share of all votes cast by the heavy downvoters
+    heavy_down_rate: float = 0.95
+    bar: float = 0.25  # ordinary users vote up when score + noise exceeds this
+    noise: float = 0.3
+
+
+def simulate_votes(answers: list[dict], scores: list[float], population: Population, seed: int) -> list[dict]:
+    """One row per vote: prompt, completion, label, user_id (``heavy-*`` for the planted group)."""
+    rng = np.random.default_rng(seed)
+    votes = []
+    for answer, score in zip(answers, scores):
+        for _ in range(population.votes_per_answer):
+            if rng.random() < population.heavy_share:
+                user = f"heavy-{rng.integers(population.heavy_downvoters)}"
+                up = rng.random() > population.heavy_down_rate
+            else:
+                user = f"user-{rng.integers(population.ordinary_users)}"
+                up = score + rng.normal(0, population.noise) > population.bar
+            votes.append({**answer, "label": bool(up), "user_id": user})
+    return votes
+
+
+def _answers(
+    model_path: str, prompts: list[str], per_prompt: int, max_new_tokens: int, seed: int
+) -> list[dict]:
+    """The starting model's own answers: ``per_prompt`` samples for every prompt."""
+    from thumbs.models import load_model, load_tokenizer
+    from thumbs.sampling import generate, sample_seed, stop_ids
+    from thumbs.tokenize import Encoder
+
+    tokenizer, model = load_tokenizer(model_path), load_model(model_path)
+    model.eval()
+    encoder = Encoder(tokenizer, 256)
+    chats = [json.dumps([{"role": "user", "content": p}]) for p in prompts for _ in range(per_prompt)]
+    ids = [encoder.prompt_ids(c) for c in chats]
+    seeds = [sample_seed(seed, i) for i in range(len(ids))]
+    out = generate(
+        model,
+        tokenizer,
+        ids,
+        seeds,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        top_p=0.95,
+        batch_size=16,
+    )
+    stops = set(stop_ids(model, tokenizer))
+    texts = [
+        tokenizer.decode([t for t in o if t not in stops], skip_special_tokens=True).strip() for o in out
+    ]
+    return [{"prompt": c, "completion": t} for c, t in zip(chats, texts) if t]
+
+
+def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model: str = "default") -> Path:
+    from thumbs.data.audit import audit
+    from thumbs.data.audit import print_summary as print_audit
+    from thumbs.data.ingest import ingest
+    from thumbs.data.ingest import print_summary as print_ingest
+    from thumbs.demo import FULL, QUICK, _stage, run_config
+    from thumbs.eval import evaluate
+    from thumbs.judges import VaderJudge
+    from thumbs.models import resolve_model
+    from thumbs.report import compare
+    from thumbs.train import train
+
+    size = QUICK if quick else FULL
+    out = Path(out) / ("production-quick" if quick else "production")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model_path = resolve_model(model)
+    prompts = [f"Write a one-sentence review of {topic}." for topic in TOPICS]
+
+    _stage(1, "The starting model answers the prompts")
+    log = out / "feedback.jsonl"
+    if not log.exists():
+        answers = _answers(
+            model_path, prompts, per_prompt=4 if quick else 8, max_new_tokens=size.max_new_tokens, seed=0
+        )
+        scores = VaderJudge().score([a["prompt"] for a in answers], [a["completion"] for a in answers])
+        votes = simulate_votes(answers, scores, Population(), seed=0)
+        log.write_text("".join(json.dumps(v, ensure_ascii=False) + "\n" for v in votes))
+        truth = {"answers": len(answers), "votes": len(votes), "mean_true_score": float(np.mean(scores))}
+        (out / "truth.json").write_text(json.dumps(truth, indent=2))
+    print(f"thumbs: simulated feedback in {log}")
+
+    _stage(2, "Ingest and audit the votes")
+    data_dir = out / "data"
+    manifest = ingest([str(log)], data_dir, eval_fraction=0.25)
+    print_ingest(manifest, data_dir, 0.0)
+    report = audit(data_dir)
+    (data_dir / "audit.json").write_text(json.dumps(report, indent=2, default=str))
+    print_audit(report, data_dir / "audit.json")
+
+    variants = {
+        "as-logged": {"kto.undesirable_weight": 1.0, "kto.desirable_weight": 1.0},
+        "class-weights": {"kto.desirable_weight": "auto"},
+        "class-weights+user-balance": {"kto.desirable_weight": "auto", "data.user_balance": "inverse"},
+    }
+    runs = []
+    for number, (name, sets) in enumerate(variants.items(), start=3):
+        _stage(number, f"Train KTO: {name}")
+        cfg = run_config("kto", data_dir, out, size, model)
+        cfg.output_dir = str(out / name)
+        cfg.data.limit = None
+        for key, value in sets.items():
+            section, field = key.split(".")
+            setattr(getattr(cfg, section), field, value)
+        run_dir = Path(cfg.output_dir)
+        if not (run_dir / "final").exists():
+            train(cfg, resume=(run_dir / "checkpoints").exists())
+        runs.append(run_dir)
+
+    _stage(6, "Evaluate against the starting model with the ground-truth judge")
+    for run_dir in runs:
+        if not (run_dir / "eval.json").exists():
+            evaluate(
+                run_dir,
+                judge="vader",
+                n=size.eval_n,
+                max_new_tokens=size.max_new_tokens,
+                max_heldout=size.heldout,
+            )
+    path = compare(runs, out / "report.html", show=True)
+    print(
+        f"\nthumbs: production scenario finished in {(time.perf_counter() - started) / 60:.1f} min. Report: {path.resolve()}"
+    )
+    return path
