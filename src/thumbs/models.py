@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,13 @@ def load_model(path: str, *, dtype=None):
         raise ThumbsError(
             f"cannot load a model from '{path}': {err}", hint="check model.name_or_path"
         ) from None
+
+
+@contextmanager
+def adapter_disabled(model):
+    """The model as its own reference: its LoRA adapter off inside the block (a no-op without one)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model

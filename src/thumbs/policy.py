@@ -9,12 +9,13 @@ the reference is the same loaded model with the adapter switched off (PEFT's
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thumbs.errors import ThumbsError
+from thumbs.models import adapter_disabled
 
 
 @dataclass
@@ -30,13 +31,7 @@ class Models:
     def reference_scope(self):
         if self.reference is not None:
             return nullcontext(self.reference)
-        return _adapter_disabled(self.policy)
-
-
-@contextmanager
-def _adapter_disabled(model):
-    with model.disable_adapter():
-        yield model
+        return adapter_disabled(self.policy)
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -8,7 +8,6 @@ The cache key is a fingerprint of the reference weights and of every token seque
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -18,12 +17,9 @@ from tqdm.auto import tqdm
 
 from thumbs.logprobs import completion_logps
 from thumbs.methods import Items
+from thumbs.models import adapter_disabled
 from thumbs.paths import cache_dir
 from thumbs.tokenize import collate
-
-
-def _adapter_disabled(model):
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
 def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int) -> str:
@@ -61,7 +57,7 @@ def compute_reference_logps(
     out = {}
     total = sum(len(range(rank, len(items.seqs[role]), world)) for role in roles)
     bar = tqdm(total=total, desc="reference log-probs", unit="seq", disable=rank != 0, dynamic_ncols=True)
-    with _adapter_disabled(model):
+    with adapter_disabled(model):
         for role in roles:
             seqs = items.seqs[role]
             values = torch.zeros(len(seqs), dtype=torch.float32, device=device)
