@@ -88,7 +88,8 @@ class TrainConfig(Strict):
     log_every: int = Field(1, gt=0)
     save_every: Union[int, None] = Field(None, gt=0)  # optimizer steps between checkpoints
     save_total_limit: int = Field(2, gt=0)
-    logps_chunk_size: int = Field(1024, gt=0)
+    # completion positions per LM-head chunk: its [chunk, vocab] float32 logits are the transient
+    logps_chunk_size: int = Field(256, gt=0)
     packing: bool = True  # several sequences per row, no padding work; same log-probs to float tolerance
     ref_batch_size: int = Field(16, gt=0)
     # Similar lengths inside each shuffled window: less padding, but where length tracks the label

@@ -26,7 +26,7 @@ def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tens
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def token_logps_at(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
+def token_logps_at(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256):
     """log p(target) for each row of ``hidden`` [N, H] under the model's LM head, in chunks."""
     base = _base(model)
     head = base.get_output_embeddings()
@@ -47,7 +47,7 @@ def completion_logps(
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     position_ids: torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     segment_ids: torch.Tensor | None = None,
     num_segments: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +86,7 @@ def completion_logps(
 class CompletionLogps(nn.Module):
     """A causal LM whose forward returns completion log-probs, so DDP/FSDP see one forward call."""
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: nn.Module, chunk_size: int = 256):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
