@@ -61,19 +61,36 @@ def accelerate_launch(config: Path, cache: Path, *extra: str) -> subprocess.Comp
     return _run([sys.executable, *accelerate, "-m", "thumbs", "train", str(config), *extra], cache)
 
 
+def fsdp_launch(cfg, cache: Path, *extra: str, config: str = "fsdp") -> subprocess.CompletedProcess:
+    """An example FSDP2 config through `accelerate launch`, on CPU: tests/fsdp_on_cpu.py keeps
+    Accelerate on its FSDP code path (it would otherwise fall back to data parallelism here)."""
+    path = Path(cfg.output_dir).parent / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.to_yaml())
+    fsdp = str(ROOT / "examples" / "accelerate" / f"{config}.yaml")
+    accelerate = ["-m", "accelerate.commands.launch", "--config_file", fsdp]
+    accelerate += ["--num_processes", "2", "--main_process_port", "0"]
+    entry = str(ROOT / "tests" / "fsdp_on_cpu.py")
+    return _run([sys.executable, *accelerate, entry, "train", str(path), *extra], cache)
+
+
 def train_here(cfg, cache: Path, monkeypatch) -> Path:
     monkeypatch.setenv("THUMBS_CACHE", str(cache))
     return train(cfg)
 
 
-def assert_same_training(one: Path, two: Path, atol: float = 1e-5) -> None:
+def _full_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def assert_same_training(one: Path, two: Path, atol: float = 1e-5, weights=None) -> None:
     a, b = _metrics(one), _metrics(two)
     assert [m["step"] for m in a] == [m["step"] for m in b]
     for key in ("loss", "examples", "rewards/margin", "kl", "grad_norm"):
         for x, y in zip(a, b):
             if key in x:
                 assert y[key] == pytest.approx(x[key], abs=atol), (key, x["step"])
-    wa, wb = _weights(one), _weights(two)
+    wa, wb = (weights or _weights)(one), (weights or _weights)(two)
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.allclose(wa[key], wb[key], atol=atol), key
@@ -162,6 +179,58 @@ def test_one_class_microbatches_train_and_resume_under_two_processes(tmp_path):
         assert torch.allclose(wa[key], wb[key], atol=1e-6), key
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_fsdp2_on_two_processes_matches_one_process_and_resumes(tmp_path, monkeypatch, lora):
+    # the parameters (and the optimizer state) are sharded over the two processes: training, the
+    # checkpoint (gathered from the shards) and the final model (gathered, saved once) must not show it
+    data = write_jsonl(tmp_path / "d.jsonl", toy_feedback(64, seed=4))
+    common = {"train__max_steps": 4, "train__grad_accum": 2, "train__save_every": 2}
+    common |= {"model__lora__enabled": lora, "model__gradient_checkpointing": not lora}
+    if not lora:  # full fine-tuning: every weight (the tied embedding too) is sharded
+        common["train__learning_rate"] = 1e-4
+    one = train_here(
+        tiny_config(tmp_path / "one", data, train__batch_size=4, **common), tmp_path / "c1", monkeypatch
+    )
+    cfg = tiny_config(tmp_path / "two", data, train__batch_size=2, **common)
+    config = "fsdp" if lora else "fsdp-zero2"  # parameters resharded after forward, or kept until backward
+    result = fsdp_launch(cfg, tmp_path / "c2", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 process(es), FSDP2" in result.stdout and result.stdout.count("thumbs: done") == 1
+    two = Path(cfg.output_dir)
+    weights = _weights if lora else _full_weights
+    assert_same_training(one, two, weights=weights)
+
+    # stopped after the step-2 checkpoint, resumed: its shards come back from the gathered file
+    stopped = tmp_path / "stopped" / "run"
+    shutil.copytree(two, stopped, ignore=shutil.ignore_patterns("final", "step-4"))
+    result = fsdp_launch(cfg, tmp_path / "c2", "-o", str(stopped), "--resume", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming at step 2" in result.stdout
+    assert_same_training(two, stopped, atol=1e-6, weights=weights)
+
+
+def test_deepspeed_and_fsdp1_stop_with_what_to_use_instead(tmp_path):
+    from types import SimpleNamespace
+
+    from thumbs.train import _check_sharding
+
+    def accel(kind, version=2):
+        plugin = SimpleNamespace(fsdp_version=version)
+        return SimpleNamespace(
+            distributed_type=SimpleNamespace(value=kind), state=SimpleNamespace(fsdp_plugin=plugin)
+        )
+
+    with pytest.raises(ThumbsError, match="DeepSpeed") as err:
+        _check_sharding(accel("DEEPSPEED"))
+    assert "fsdp.yaml" in err.value.hint
+    with pytest.raises(ThumbsError, match="FSDP2 only") as err:
+        _check_sharding(accel("FSDP", version=1))
+    assert "fsdp_version: 2" in err.value.hint
+    for kind in ("NO", "MULTI_CPU", "MULTI_GPU", "FSDP"):
+        _check_sharding(accel(kind))
+
+
 @pytest.mark.timeout(300)
 def test_an_error_on_every_process_exits_with_the_message_not_a_hang(tmp_path):
     rows = [r for r in toy_feedback(30, seed=2) if r["label"]]  # no thumbs-down: DPO has no pairs
@@ -192,4 +261,5 @@ def test_example_accelerate_configs_load():
         "deepspeed-zero2": ("DEEPSPEED", 1),
         "deepspeed-zero3": ("DEEPSPEED", 1),
         "fsdp": ("FSDP", 1),
+        "fsdp-zero2": ("FSDP", 1),
     }

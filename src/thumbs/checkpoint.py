@@ -4,6 +4,11 @@ A checkpoint holds only what training changes (trainable weights: the adapter un
 the optimizer and scheduler, the step, and every process's random-number state, so a resumed run
 ends with the same weights as an uninterrupted one. It is written to a hidden temporary folder
 and renamed into place (``os.replace`` is atomic); resume reads the highest complete ``step-N``.
+
+Weights and optimizer state go through torch.distributed.checkpoint's state-dict functions, which
+gather full tensors from FSDP2 shards (every process takes part; the main process receives them
+and writes) and hand each process its shard back on resume. Under one process or DDP they are the
+plain tensors. Keys are parameter names, so a checkpoint does not depend on how it was sharded.
 """
 
 from __future__ import annotations
@@ -32,8 +37,32 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+    """Full trainable weights on the main process (collective: every process must call it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True, ignore_frozen_params=True))
+
+
+def full_state(model) -> dict[str, torch.Tensor]:
+    """Every weight, gathered in full on the main process (collective)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True))
+
+
+def _optimizer_state(model, optimizer) -> dict | None:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    if not optimizer.state:  # before the first step: nothing to keep (and nothing to initialise)
+        return None
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, accelerator, keep: int) -> Path:
@@ -45,13 +74,9 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, accel
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    weights, moments = trainable_state(model), _optimizer_state(model, _inner(optimizer))
     if accelerator.is_main_process:
-        state = {
-            "step": step,
-            "model": trainable_state(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        }
+        state = {"step": step, "model": weights, "optimizer": moments, "scheduler": scheduler.state_dict()}
         torch.save(state, tmp / "state.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -78,19 +103,26 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator) -> 
     if not steps:
         return 0
     path = Path(run_dir) / "checkpoints" / f"step-{steps[-1]}"
-    state = torch.load(path / "state.pt", weights_only=False)
-    missing = set(state["model"]) ^ {n for n, p in model.named_parameters() if p.requires_grad}
-    if missing:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = torch.load(path / "state.pt", weights_only=False)  # every process: a shared run folder
+    saved = set(state["model"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    mismatch = (trainable - saved) | (saved - set(model.state_dict()))
+    if mismatch:
         raise RuntimeError(
-            f"checkpoint {path} does not match the model's trainable weights: {sorted(missing)[:5]}"
+            f"checkpoint {path} does not match the model's trainable weights: {sorted(mismatch)[:5]}"
         )
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["model"].items():
-            named[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    set_model_state_dict(model, state["model"], options=_options(strict=False))
+    if state["optimizer"] is not None:
+        set_optimizer_state_dict(model, _inner(optimizer), state["optimizer"], options=_options())
     scheduler.load_state_dict(state["scheduler"])
     rng = path / f"rng-{accelerator.process_index}.pt"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=False))
     return state["step"]
+
+
+def _inner(optimizer):
+    """The torch optimizer under Accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)

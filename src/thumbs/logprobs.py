@@ -90,6 +90,8 @@ class CompletionLogps(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        # FSDP's transformer-based wrapping reads the layer classes to shard from here
+        self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
 
     def forward(self, **batch) -> tuple[torch.Tensor, torch.Tensor]:
         return completion_logps(self.model, chunk_size=self.chunk_size, **batch)

@@ -149,6 +149,41 @@ def epoch_microbatches(lengths: list[int], size: int, epoch: int, seed: int, gro
     return batches
 
 
+def _check_sharding(accelerator) -> None:
+    """FSDP2 is supported; FSDP1 and DeepSpeed stop here with what to do instead (docs/cluster.md)."""
+    kind = accelerator.distributed_type.value
+    if kind == "DEEPSPEED":
+        raise ThumbsError(
+            "thumbs does not train under DeepSpeed: DeepSpeed steps the optimizer inside backward and "
+            "scales the loss for its own accumulation, which thumbs' loop does itself",
+            hint="use FSDP2 for sharding (examples/accelerate/fsdp.yaml) or DDP; see docs/cluster.md",
+        )
+    if kind == "FSDP" and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise ThumbsError(
+            "thumbs trains under FSDP2 only (FSDP1 flattens parameters, so its optimizer must be built "
+            "after wrapping)",
+            hint="set fsdp_version: 2 under fsdp_config in the Accelerate config (examples/accelerate/fsdp.yaml)",
+        )
+
+
+def build_model(cfg: Config, source: str):
+    """The model to train: the base model, with a fresh LoRA adapter when ``model.lora.enabled``."""
+    from thumbs.models import load_model
+
+    model = load_model(source)
+    if cfg.model.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.model.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+            ),
+        )
+    return model
+
+
 def _adamw(params: list, cfg: Config):
     """AdamW, the fused kernel where the device has one: one pass over each tensor instead of a
     chain of foreach ops with their temporaries (on the 135M bench shape, CPU: 0.07 s a step against
@@ -172,7 +207,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     from thumbs.checkpoint import load_checkpoint, save_checkpoint
     from thumbs.logprobs import CompletionLogps
     from thumbs.methods import METHODS, build_items
-    from thumbs.models import load_model, load_tokenizer
+    from thumbs.models import load_tokenizer
     from thumbs.reference import reference_logps
     from thumbs.tokenize import Encoder, collate, pack
 
@@ -181,13 +216,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=spread)
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     sharded = accelerator.distributed_type.value
-    if sharded in ("FSDP", "DEEPSPEED"):  # see docs/cluster.md
-        raise ThumbsError(
-            f"thumbs does not train under {sharded} yet: checkpoints and the final model are saved from "
-            "one process's parameters and optimizer state, which are shards there"
-            + ("; and DeepSpeed steps the optimizer inside backward" if sharded == "DEEPSPEED" else ""),
-            hint="use data parallelism (examples/accelerate/ddp.yaml); see docs/cluster.md",
-        )
+    _check_sharding(accelerator)
     run_dir = Path(cfg.output_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +242,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     cfg.model.name_or_path = source
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        say(f"thumbs: {cfg.method} run in {run_dir} on {world} process(es)\n" + cfg.to_yaml())
+        layout = {"NO": "", "MULTI_CPU": ", DDP (gloo)", "MULTI_GPU": ", DDP", "FSDP": ", FSDP2"}.get(
+            sharded, f", {sharded}"
+        )
+        say(f"thumbs: {cfg.method} run in {run_dir} on {world} process(es){layout}\n" + cfg.to_yaml())
 
     tokenizer = load_tokenizer(source)
     items = build_items(
@@ -230,17 +262,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                 hint="every process (every node) must read the same files: put them on a shared path",
             )
 
-    model = load_model(source)
-    if cfg.model.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lora = cfg.model.lora
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
-            ),
-        )
+    # the same fresh adapter on every process, whatever building the inputs drew from the generator
+    # (the main process may have made the tiny base model); FSDP2, unlike DDP, does not broadcast it
+    set_seed(cfg.train.seed)
+    model = build_model(cfg, source)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.model.lora.enabled:
@@ -262,8 +287,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     total_steps = cfg.train.max_steps or max(
         1, math.floor(cfg.train.epochs * per_epoch / cfg.train.grad_accum)
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _adamw(trainable, cfg)
+    optimizer = _adamw([p for p in model.parameters() if p.requires_grad], cfg)
     scheduler = get_scheduler(
         {"constant": "constant_with_warmup"}.get(cfg.train.schedule, cfg.train.schedule),
         optimizer,
@@ -271,6 +295,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         num_training_steps=total_steps,
     )
     wrapped, optimizer = accelerator.prepare(CompletionLogps(model, cfg.train.logps_chunk_size), optimizer)
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP2 put shards in their place
     start = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator) if resume else 0
     if main:
         (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -340,10 +365,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                 metrics["count"] = torch.tensor(float(len(index)), device=accelerator.device)
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value.detach().float()
-            if cfg.train.max_grad_norm:
-                norm = accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
-            else:
-                norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))
+            # an infinite limit measures the norm without clipping; under FSDP2 it comes back as a DTensor
+            norm = accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm or float("inf"))
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -387,11 +411,19 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     bar.close()
 
     # ---- save ------------------------------------------------------------------------------------
-    if main:
+    if sharded == "FSDP":  # gather the shards (every process), then save a plain copy from the main one
+        from thumbs.checkpoint import full_state
+
+        weights = full_state(model)
+        if main:
+            plain = build_model(cfg, source)
+            plain.load_state_dict(weights, strict=False)  # tied weights may come once
+            _save_final(plain, tokenizer, run_dir, cfg)
+    elif main:
         _save_final(model, tokenizer, run_dir, cfg)
-        say(
-            f"thumbs: done. Run folder: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  model:   {run_dir / 'final'}"
-        )
+    say(
+        f"thumbs: done. Run folder: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  model:   {run_dir / 'final'}"
+    )
     accelerator.wait_for_everyone()
     return run_dir
 
