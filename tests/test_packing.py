@@ -36,6 +36,8 @@ def test_pack_lays_out_every_sequence_once_with_restarting_positions():
     assert rows < len(seqs)  # short sequences share rows
     real = batch["input_ids"] != tokenizer.pad_token_id
     assert int(real.sum()) == sum(len(ids) for ids, _ in seqs)
+    assert batch["row_lengths"] == real.sum(1).tolist()  # real tokens first in each row, padding after
+    assert all(not real[r, n:].any() for r, n in enumerate(batch["row_lengths"]))
     for i, (ids, start) in enumerate(seqs):
         where = (batch["segment_ids"] == i) & real
         assert int(where.sum()) == len(ids)
@@ -57,13 +59,18 @@ def test_packed_logps_and_gradients_equal_padded():
     padded.pow(2).sum().backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    packed, tokens_packed = completion_logps(model, **pack(seqs, tokenizer.pad_token_id), chunk_size=16)
-    packed.pow(2).sum().backward()
-    assert torch.allclose(packed, padded, atol=1e-4, rtol=0)
-    assert tokens_packed.tolist() == tokens_padded.tolist()
-    for name, p in model.named_parameters():
-        assert torch.allclose(p.grad, grads[name], atol=1e-4, rtol=1e-4), name
-        assert torch.isfinite(p.grad).all(), name
+    for per_row in (False, True):  # one batched call, or each row alone cut to its used width
+        batch = pack(seqs, tokenizer.pad_token_id)
+        if not per_row:
+            batch.pop("row_lengths")
+        model.zero_grad()
+        packed, tokens_packed = completion_logps(model, **batch, chunk_size=16)
+        packed.pow(2).sum().backward()
+        assert torch.allclose(packed, padded, atol=1e-4, rtol=0), per_row
+        assert tokens_packed.tolist() == tokens_padded.tolist()
+        for name, p in model.named_parameters():
+            assert torch.allclose(p.grad, grads[name], atol=1e-4, rtol=1e-4), (name, per_row)
+            assert torch.isfinite(p.grad).all(), name
 
 
 @pytest.mark.parametrize("method", ["kto", "dpo"])

@@ -19,7 +19,7 @@ from thumbs.logprobs import completion_logps
 from thumbs.methods import Items
 from thumbs.models import adapter_disabled
 from thumbs.paths import cache_dir
-from thumbs.tokenize import collate
+from thumbs.tokenize import pack
 
 
 def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int) -> str:
@@ -61,12 +61,15 @@ def compute_reference_logps(
         for role in roles:
             seqs = items.seqs[role]
             values = torch.zeros(len(seqs), dtype=torch.float32, device=device)
-            mine = sorted(
-                range(rank, len(seqs), world), key=lambda i: len(seqs[i][0])
-            )  # similar lengths batch well
+            # in data order, not sorted by length: mixed lengths pack into fewer, fuller rows (on the
+            # 135M shape, 64 sequences: 17.4 s against 22.0 s for length-sorted padded batches)
+            mine = list(range(rank, len(seqs), world))
             for start in range(0, len(mine), batch_size):
                 index = mine[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in collate([seqs[i] for i in index], pad_id).items()}
+                batch = pack([seqs[i] for i in index], pad_id)
+                if device.type != "cpu":  # one batched call on an accelerator; rows one by one on a CPU
+                    batch.pop("row_lengths")
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 logps, _ = completion_logps(model, **batch, chunk_size=chunk_size)
                 values[torch.tensor(index, device=device)] = logps
                 bar.update(len(index))

@@ -121,6 +121,8 @@ def pack(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
     position ids alone do not keep packed sequences apart under SDPA or eager attention. The
     padding left at a row's end attends only to itself, so no query row is fully masked (NaN).
     ``segment_ids`` [rows, T] gives each token's sequence (its index in ``seqs``) for the per-sequence sums.
+    ``row_lengths`` (a list) gives each row's used width, for running the rows one at a time without
+    their padding (``completion_logps``; what pays on a CPU).
     """
     import torch
 
@@ -142,6 +144,7 @@ def pack(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
     completion_mask = torch.zeros(shape, dtype=torch.bool)
     segment_ids = torch.zeros(shape, dtype=torch.long)
     block = torch.full(shape, -1, dtype=torch.long)  # which block of the row each position attends within
+    row_lengths = []
     for r, members in enumerate(rows):
         at = 0
         for k, i in enumerate(members):
@@ -154,6 +157,7 @@ def pack(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
             block[r, span] = k
             at += len(ids)
         position_ids[r, at:] = torch.arange(width - at)
+        row_lengths.append(at)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     attention_mask = (block.unsqueeze(2) == block.unsqueeze(1)) & causal
     return {
@@ -163,4 +167,5 @@ def pack(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
         "position_ids": position_ids,
         "segment_ids": segment_ids,
         "num_segments": len(seqs),
+        "row_lengths": row_lengths,
     }

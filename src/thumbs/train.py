@@ -294,7 +294,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    wrapped, optimizer = accelerator.prepare(CompletionLogps(model, cfg.train.logps_chunk_size), optimizer)
+    per_row = accelerator.device.type == "cpu"  # see CompletionLogps
+    wrapped, optimizer = accelerator.prepare(
+        CompletionLogps(model, cfg.train.logps_chunk_size, per_row=per_row), optimizer
+    )
     trainable = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP2 put shards in their place
     start = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator) if resume else 0
     if main:
