@@ -267,7 +267,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     set_seed(cfg.train.seed)
     model = build_model(cfg, source)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if cfg.model.lora.enabled:
             model.enable_input_require_grads()
     model.to(accelerator.device)
