@@ -125,7 +125,7 @@ def run_demo(out: Path = Path("runs/demo"), *, quick: bool = False, model: str =
 
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for data, runs and report."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 5 minutes on a 2-core CPU)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 4 minutes on a 2-core CPU)."),
     scenario: str = typer.Option(
         "vader", "--scenario", help="vader (real ratings) | production (simulated users)."
     ),
