@@ -93,8 +93,8 @@ def training_table(cfg: Config):
     return table, summary
 
 
-def class_weights(cfg: Config, summary: dict) -> None:
-    """Resolve ``auto`` KTO class weights by the paper's rule from the class counts (logged)."""
+def class_weights(cfg: Config, summary: dict, say=print) -> None:
+    """Resolve ``auto`` KTO class weights by the paper's rule from the class counts (logged with ``say``)."""
     if cfg.method != "kto":
         return
     n_d, n_u = summary["desirable"], summary["undesirable"]
@@ -123,7 +123,7 @@ def class_weights(cfg: Config, summary: dict) -> None:
         ratio = cfg.kto.desirable_weight * n_d / (cfg.kto.undesirable_weight * n_u)
         summary["class_weights"]["weighted_ratio"] = ratio
         if not 1 <= ratio <= 4 / 3:
-            print(
+            say(
                 f"thumbs: note: λ_D·n_D/(λ_U·n_U) = {ratio:.2f}, outside the paper's [1, 4/3]; see `thumbs audit`"
             )
 
@@ -235,7 +235,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
     def inputs():
         table, summary = training_table(cfg)
-        class_weights(cfg, summary)
+        class_weights(cfg, summary, say)  # every process resolves them; the main one says so
         return table, summary, model_source(cfg, run_dir)
 
     table, summary, source = _in_turn(accelerator, inputs)
@@ -420,7 +420,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         weights = full_state(model)
         if main:
             plain = build_model(cfg, source)
-            plain.load_state_dict(weights, strict=False)  # tied weights may come once
+            plain.load_state_dict(weights)  # strict: a name that does not match would save the start
             _save_final(plain, tokenizer, run_dir, cfg)
     elif main:
         _save_final(model, tokenizer, run_dir, cfg)
