@@ -263,3 +263,22 @@ def test_example_accelerate_configs_load():
         "fsdp": ("FSDP", 1),
         "fsdp-zero2": ("FSDP", 1),
     }
+
+
+def test_fsdp_wraps_each_decoder_layer_without_a_class_name_in_the_config():
+    # Accelerate's transformer-based wrapping reads `_no_split_modules` from the module it prepares,
+    # which is thumbs' CompletionLogps wrapper, not the model: the wrapper must pass the list on
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from peft import LoraConfig, get_peft_model
+
+    from thumbs.logprobs import CompletionLogps
+    from thumbs.models import tiny_model, tiny_tokenizer
+
+    model = tiny_model(tiny_tokenizer(), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+    for candidate in (model, get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))):
+        wrapped = CompletionLogps(candidate)
+        policy = fsdp2_prepare_auto_wrap_policy(plugin, wrapped)
+        units = [type(m).__name__ for m in wrapped.modules() if policy(m)]
+        assert units == ["LlamaDecoderLayer", "LlamaDecoderLayer"]
