@@ -43,18 +43,13 @@ def _options(**kwargs):
     return StateDictOptions(full_state_dict=True, **kwargs)
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Full trainable weights on the main process (collective: every process must call it)."""
+def gathered_state(model, *, trainable_only: bool = True) -> dict[str, torch.Tensor]:
+    """Full weights (the trainable ones, or all) on the main process; a collective: every process calls it."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_options(cpu_offload=True, ignore_frozen_params=True))
-
-
-def full_state(model) -> dict[str, torch.Tensor]:
-    """Every weight, gathered in full on the main process (collective)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    return get_model_state_dict(model, options=_options(cpu_offload=True))
+    return get_model_state_dict(
+        model, options=_options(cpu_offload=True, ignore_frozen_params=trainable_only)
+    )
 
 
 def _optimizer_state(model, optimizer) -> dict | None:
@@ -74,7 +69,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, accel
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    weights, moments = trainable_state(model), _optimizer_state(model, _inner(optimizer))
+    weights, moments = gathered_state(model), _optimizer_state(model, _inner(optimizer))
     if accelerator.is_main_process:
         state = {"step": step, "model": weights, "optimizer": moments, "scheduler": scheduler.state_dict()}
         torch.save(state, tmp / "state.pt")

@@ -40,8 +40,8 @@ def _stage(number: int, text: str) -> None:
     print(f"\n━━ {number}. {text} " + "━" * max(0, 70 - len(text)), flush=True)
 
 
-def run_config(method: str, data_dir: Path, out: Path, size: Size, model: str):
-    """The demo's training config: LoRA on the default model, CPU-sized."""
+def run_config(method: str, data_dir: Path, out: Path, size: Size, model: str, extra: dict | None = None):
+    """The demo's training config: LoRA on the default model, CPU-sized; ``extra``: more dotted keys."""
     overrides = {
         "method": method,
         "output_dir": str(out / method),
@@ -64,7 +64,34 @@ def run_config(method: str, data_dir: Path, out: Path, size: Size, model: str):
         }
     else:  # each pair is two sequences: half the pairs per step keeps the work per step alike
         overrides |= {"dpo.pairing": "matched", "train.batch_size": 4, "train.max_steps": size.dpo_steps}
+    overrides |= extra or {}
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+def train_or_reuse(cfg) -> Path:
+    """Train, or resume from a checkpoint, unless the run folder holds a finished run already."""
+    from thumbs.train import train
+
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / "final").exists():
+        print(f"thumbs: reusing the finished run in {run_dir}")
+    else:
+        train(cfg, resume=(run_dir / "checkpoints").exists())
+    return run_dir
+
+
+def evaluate_or_reuse(run_dir: Path, size: Size, **kwargs) -> None:
+    """Evaluate a run against its start with the VADER judge, unless its eval.json exists already."""
+    from thumbs.eval import evaluate
+
+    if (run_dir / "eval.json").exists():
+        print(f"thumbs: reusing {run_dir / 'eval.json'}")
+        return
+    print(f"thumbs: evaluating {run_dir.name}")
+    evaluate(
+        run_dir, judge="vader", n=size.eval_n, max_new_tokens=size.max_new_tokens, max_heldout=size.heldout,
+        **kwargs,
+    )  # fmt: skip
 
 
 def run_demo(out: Path = Path("runs/demo"), *, quick: bool = False, model: str = "default") -> Path:
@@ -72,9 +99,7 @@ def run_demo(out: Path = Path("runs/demo"), *, quick: bool = False, model: str =
     from thumbs.data.audit import print_summary as print_audit
     from thumbs.data.ingest import ingest
     from thumbs.data.ingest import print_summary as print_ingest
-    from thumbs.eval import evaluate
     from thumbs.report import compare
-    from thumbs.train import train
 
     size = QUICK if quick else FULL
     out = Path(out) / ("quick" if quick else "full")
@@ -97,24 +122,11 @@ def run_demo(out: Path = Path("runs/demo"), *, quick: bool = False, model: str =
         (4, "dpo", "Train the DPO baseline on the pairs the same votes allow"),
     ):
         _stage(number, what)
-        cfg = run_config(method, data_dir, out, size, model)
-        run_dir = Path(cfg.output_dir)
-        if (run_dir / "final").exists():
-            print(f"thumbs: reusing the finished run in {run_dir}")
-        else:
-            train(cfg, resume=(run_dir / "checkpoints").exists())
-        runs.append(run_dir)
+        runs.append(train_or_reuse(run_config(method, data_dir, out, size, model)))
 
     _stage(5, "Evaluate against the starting model (judge: VADER lexicon; labels came from people)")
     for run_dir in runs:
-        if (run_dir / "eval.json").exists():
-            print(f"thumbs: reusing {run_dir / 'eval.json'}")
-            continue
-        print(f"thumbs: evaluating {run_dir.name}")
-        evaluate(
-            run_dir, judge="vader", n=size.eval_n, max_new_tokens=size.max_new_tokens, max_heldout=size.heldout,
-            batch_size=16,
-        )  # fmt: skip
+        evaluate_or_reuse(run_dir, size, batch_size=16)
 
     _stage(6, "Report")
     path = compare(runs, out / "report.html", show=True)

@@ -67,8 +67,6 @@ def compute_reference_logps(
             for start in range(0, len(mine), batch_size):
                 index = mine[start : start + batch_size]
                 batch = pack([seqs[i] for i in index], pad_id)
-                if device.type != "cpu":  # one batched call on an accelerator; rows one by one on a CPU
-                    batch.pop("row_lengths")
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 logps, _ = completion_logps(model, **batch, chunk_size=chunk_size)
                 values[torch.tensor(index, device=device)] = logps

@@ -91,12 +91,10 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
     from thumbs.data.audit import print_summary as print_audit
     from thumbs.data.ingest import ingest
     from thumbs.data.ingest import print_summary as print_ingest
-    from thumbs.demo import FULL, QUICK, _stage, run_config
-    from thumbs.eval import evaluate
+    from thumbs.demo import FULL, QUICK, _stage, evaluate_or_reuse, run_config, train_or_reuse
     from thumbs.judges import VaderJudge
     from thumbs.models import resolve_model
     from thumbs.report import compare
-    from thumbs.train import train
 
     size = QUICK if quick else FULL
     out = Path(out) / ("production-quick" if quick else "production")
@@ -134,27 +132,12 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
     runs = []
     for number, (name, sets) in enumerate(variants.items(), start=3):
         _stage(number, f"Train KTO: {name}")
-        cfg = run_config("kto", data_dir, out, size, model)
-        cfg.output_dir = str(out / name)
-        cfg.data.limit = None
-        for key, value in sets.items():
-            section, field = key.split(".")
-            setattr(getattr(cfg, section), field, value)
-        run_dir = Path(cfg.output_dir)
-        if not (run_dir / "final").exists():
-            train(cfg, resume=(run_dir / "checkpoints").exists())
-        runs.append(run_dir)
+        extra = {"output_dir": str(out / name), "data.limit": None, **sets}
+        runs.append(train_or_reuse(run_config("kto", data_dir, out, size, model, extra)))
 
     _stage(6, "Evaluate against the starting model with the ground-truth judge")
     for run_dir in runs:
-        if not (run_dir / "eval.json").exists():
-            evaluate(
-                run_dir,
-                judge="vader",
-                n=size.eval_n,
-                max_new_tokens=size.max_new_tokens,
-                max_heldout=size.heldout,
-            )
+        evaluate_or_reuse(run_dir, size)
     path = compare(runs, out / "report.html", show=True)
     print(
         f"\nthumbs: production scenario finished in {(time.perf_counter() - started) / 60:.1f} min. Report: {path.resolve()}"

@@ -294,10 +294,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         num_warmup_steps=round(cfg.train.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    per_row = accelerator.device.type == "cpu"  # see CompletionLogps
-    wrapped, optimizer = accelerator.prepare(
-        CompletionLogps(model, cfg.train.logps_chunk_size, per_row=per_row), optimizer
-    )
+    wrapped, optimizer = accelerator.prepare(CompletionLogps(model, cfg.train.logps_chunk_size), optimizer)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP2 put shards in their place
     start = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator) if resume else 0
     if main:
@@ -415,9 +412,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
     # ---- save ------------------------------------------------------------------------------------
     if sharded == "FSDP":  # gather the shards (every process), then save a plain copy from the main one
-        from thumbs.checkpoint import full_state
+        from thumbs.checkpoint import gathered_state
 
-        weights = full_state(model)
+        weights = gathered_state(model, trainable_only=False)
         if main:
             plain = build_model(cfg, source)
             plain.load_state_dict(weights)  # strict: a name that does not match would save the start
