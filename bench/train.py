@@ -166,7 +166,7 @@ def make_data(method: str, n: int, seed: int) -> list[dict]:
 
 def thumbs_order(n: int, micro: int, seed: int) -> list[list[int]]:
     """The microbatches thumbs' seeded shuffle visits in epoch 0 (length grouping off)."""
-    from thumbs.train import epoch_microbatches
+    from thumbs.train.batches import epoch_microbatches
 
     return epoch_microbatches([0] * n, micro, epoch=0, seed=seed, group=False)
 
@@ -243,9 +243,9 @@ def peak_rss_mib() -> float:
 
 
 def run_thumbs(spec: dict, work: Path) -> list[float]:
-    import thumbs.methods
+    import thumbs.train.methods
     from thumbs.config import load_config
-    from thumbs.train import train
+    from thumbs.train.loop import train
 
     rows, order = spec["rows"], spec["order"]
     data = work / "data.jsonl"

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from thumbs.audit.findings import audit
+from thumbs.audit.noise import flip_rate_from_disagreement
+from thumbs.audit.voters import binomial_upper_tail
 from thumbs.cli import app
-from thumbs.data.audit import audit
-from thumbs.data.noise import flip_rate_from_disagreement
-from thumbs.data.voters import binomial_upper_tail
 from thumbs.errors import ThumbsError
 
 

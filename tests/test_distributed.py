@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import tiny_config, toy_feedback, write_jsonl
-from thumbs.distributed import launch, strip_nproc
 from thumbs.errors import ThumbsError
-from thumbs.train import epoch_microbatches, train
+from thumbs.train.batches import epoch_microbatches
+from thumbs.train.distributed import launch, strip_nproc
+from thumbs.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 240  # seconds, generous for a loaded machine; a hung collective fails, not stalls
@@ -213,7 +214,7 @@ def test_fsdp2_on_two_processes_matches_one_process_and_resumes(tmp_path, monkey
 def test_deepspeed_and_fsdp1_stop_with_what_to_use_instead(tmp_path):
     from types import SimpleNamespace
 
-    from thumbs.train import _check_sharding
+    from thumbs.train.setup import check_sharding
 
     def accel(kind, version=2):
         plugin = SimpleNamespace(fsdp_version=version)
@@ -222,13 +223,13 @@ def test_deepspeed_and_fsdp1_stop_with_what_to_use_instead(tmp_path):
         )
 
     with pytest.raises(ThumbsError, match="DeepSpeed") as err:
-        _check_sharding(accel("DEEPSPEED"))
+        check_sharding(accel("DEEPSPEED"))
     assert "fsdp.yaml" in err.value.hint
     with pytest.raises(ThumbsError, match="FSDP2 only") as err:
-        _check_sharding(accel("FSDP", version=1))
+        check_sharding(accel("FSDP", version=1))
     assert "fsdp_version: 2" in err.value.hint
     for kind in ("NO", "MULTI_CPU", "MULTI_GPU", "FSDP"):
-        _check_sharding(accel(kind))
+        check_sharding(accel(kind))
 
 
 @pytest.mark.timeout(300)
@@ -272,8 +273,8 @@ def test_fsdp_wraps_each_decoder_layer_without_a_class_name_in_the_config():
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from peft import LoraConfig, get_peft_model
 
-    from thumbs.logprobs import CompletionLogps
     from thumbs.models import tiny_model, tiny_tokenizer
+    from thumbs.train.logprobs import CompletionLogps
 
     model = tiny_model(tiny_tokenizer(), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")

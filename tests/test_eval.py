@@ -18,9 +18,10 @@ import torch
 
 from thumbs.config import Config
 from thumbs.errors import ThumbsError
-from thumbs.eval import evaluate, roc_auc, wilson_interval, win_rate
-from thumbs.heldout import choose_prompts, heldout_feedback, read_prompts
-from thumbs.judges import make_judge, positive_index
+from thumbs.eval.evaluation import evaluate
+from thumbs.eval.heldout import choose_prompts, heldout_feedback, read_prompts
+from thumbs.eval.judges import make_judge, positive_index
+from thumbs.eval.metrics import roc_auc, wilson_interval, win_rate
 from thumbs.models import load_model, load_tokenizer, save_tiny
 
 CHAT = json.dumps([{"role": "user", "content": "What did you think of the park?"}])
@@ -178,7 +179,7 @@ def test_heldout_feedback_keeps_eval_split_and_expands_pairs(tmp_path, workspace
 
 
 def test_inverse_cdf_sampler_draws_from_the_tempered_nucleus():
-    from thumbs.sampling import InverseCDFSampler
+    from thumbs.eval.sampling import InverseCDFSampler
 
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     rows = 20000
@@ -359,7 +360,7 @@ def test_after_real_training_kl_is_positive_and_heldout_auc_above_chance(tmp_pat
     import pyarrow as pa
 
     from tests.helpers import tiny_config, toy_feedback
-    from thumbs.train import train
+    from thumbs.train.loop import train
 
     rows = toy_feedback(240, seed=3)
     for i, row in enumerate(rows):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.ingest_fixtures import chat, events, reasons_by_row, run, vote, write_lines
-from thumbs.data import macros, sources
+from thumbs.data import macros, staging
 
 # each kind of row, and what ingest must make of it: an event, or a quarantine reason
 KINDS = {
@@ -127,12 +127,12 @@ def test_lines_split_exactly_whatever_the_chunks(
     tmp_path_factory, monkeypatch, lines, final_newline, chunk, limit
 ):
     """Line numbers and lengths are exact; a line within the limit is whole; a longer one keeps its head."""
-    monkeypatch.setattr(sources, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(staging, "CHUNK_BYTES", chunk)
     texts = [text + (b"\r" if crlf else b"") for text, crlf in lines]
     body = b"\n".join(texts) + (b"\n" if final_newline else b"")
     path = tmp_path_factory.mktemp("lines") / "log.jsonl"
     path.write_bytes(body)
-    got = [row for batch in sources._line_batches(str(path), limit) for row in batch.to_pylist()]
+    got = [row for batch in staging._line_batches(str(path), limit) for row in batch.to_pylist()]
     body = body.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is no part of line 1
     want = body.split(b"\n")[:-1] if body.endswith(b"\n") or not body else body.split(b"\n")
     want = [w.removesuffix(b"\r") for w in want]

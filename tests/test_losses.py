@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.trl_oracle import trl_dpo_loss, trl_kto_loss
-from thumbs.losses import dpo_loss, kl_reference_point, kto_loss, sft_loss
+from thumbs.train.losses import dpo_loss, kl_reference_point, kto_loss, sft_loss
 
 
 def _batch(seed, n, p_up=0.5):

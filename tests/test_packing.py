@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, toy_feedback, write_jsonl
-from thumbs.logprobs import completion_logps
 from thumbs.models import tiny_model, tiny_tokenizer
 from thumbs.tokenize import Encoder, collate, pack, sequence
-from thumbs.train import train
+from thumbs.train.logprobs import completion_logps
+from thumbs.train.loop import train
 
 
 def _seqs(n: int, seed: int = 0):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, toy_feedback, write_jsonl
-from thumbs.logprobs import completion_logps
 from thumbs.models import load_model, load_tokenizer
-from thumbs.pairing import feedback_from_pairs, pairs_from_feedback
 from thumbs.tokenize import Encoder, collate, sequence
-from thumbs.train import train
+from thumbs.train.logprobs import completion_logps
+from thumbs.train.loop import train
+from thumbs.train.pairing import feedback_from_pairs, pairs_from_feedback
 
 
 def _table(rows):

@@ -14,9 +14,9 @@ import pytest
 
 from tests.test_eval import make_run, write_events
 from thumbs.errors import ThumbsError
-from thumbs.eval import evaluate
+from thumbs.eval.evaluation import evaluate
 from thumbs.models import save_tiny
-from thumbs.report import compare, config_differences, load_runs
+from thumbs.report.compare import compare, config_differences, load_runs
 
 INJECTED = "<script>alert('x')</script> & <b>bold</b>"
 

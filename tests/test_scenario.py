@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow as pa
 
-from thumbs.data.audit import audit
-from thumbs.scenario import Population, simulate_votes
+from thumbs.audit.findings import audit
+from thumbs.demo.production import Population, simulate_votes
 
 
 def test_planted_heavy_downvoters_are_found_and_down_votes_dominate():

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, toy_feedback, write_jsonl
-from thumbs import checkpoint as checkpoint_module
-from thumbs import train as train_module
 from thumbs.data.examples import load_examples
-from thumbs.logprobs import completion_logps
-from thumbs.methods import build_items, kl_partners
 from thumbs.models import load_model, load_tokenizer, tiny_model, tiny_tokenizer
 from thumbs.tokenize import Encoder, collate, sequence
-from thumbs.train import epoch_microbatches, train
+from thumbs.train import checkpoint as checkpoint_module
+from thumbs.train import metrics as metrics_module
+from thumbs.train.batches import epoch_microbatches
+from thumbs.train.logprobs import completion_logps
+from thumbs.train.loop import train
+from thumbs.train.methods import build_items, kl_partners
 
 
 def _metrics(run_dir):
@@ -147,19 +148,19 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, monkeypat
         tiny_config(tmp_path / "a", data, train__max_steps=6, train__grad_accum=2, model__lora__dropout=0.1)
     )
 
-    real_log = train_module._log_record
+    real_log = metrics_module.Tally.record
 
-    def interrupt_at_step_4(step, *args, **kwargs):
+    def interrupt_at_step_4(self, step, *args, **kwargs):
         if step == 4:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C after step 4
-        return real_log(step, *args, **kwargs)
+        return real_log(self, step, *args, **kwargs)
 
     cfg = tiny_config(tmp_path / "b", data, train__max_steps=6, train__grad_accum=2, model__lora__dropout=0.1)
-    monkeypatch.setattr(train_module, "_log_record", interrupt_at_step_4)
+    monkeypatch.setattr(metrics_module.Tally, "record", interrupt_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     assert checkpoint_module.complete_checkpoints(cfg.output_dir) == [4]
-    monkeypatch.setattr(train_module, "_log_record", real_log)
+    monkeypatch.setattr(metrics_module.Tally, "record", real_log)
     cfg = tiny_config(tmp_path / "b", data, train__max_steps=6, train__grad_accum=2, model__lora__dropout=0.1)
     resumed = train(cfg, resume=True)
 
@@ -226,7 +227,7 @@ def test_events_parquet_with_splits_trains_on_the_train_split(tmp_path):
 )
 def test_auto_class_weights_follow_the_papers_rule(desirable, undesirable, n_up):
     from thumbs.config import load_config
-    from thumbs.train import class_weights
+    from thumbs.train.setup import class_weights
 
     cfg = load_config(None, [f"kto.desirable_weight={desirable}", f"kto.undesirable_weight={undesirable}"])
     summary = {"desirable": n_up, "undesirable": 30 - n_up}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thumbs.data.weighting import (
+from thumbs.audit.weighting import (
     apply_feedback_options,
     deployment_weights,
     paper_weights,

@@ -30,11 +30,11 @@ def _root() -> None:
 
 COMMANDS = [
     ("ingest", "thumbs.data.ingest:ingest_command"),
-    ("audit", "thumbs.data.audit:audit_command"),
-    ("train", "thumbs.train:train_command"),
-    ("eval", "thumbs.eval:eval_command"),
-    ("compare", "thumbs.report:compare_command"),
-    ("demo", "thumbs.demo:demo_command"),
+    ("audit", "thumbs.audit.findings:audit_command"),
+    ("train", "thumbs.train.loop:train_command"),
+    ("eval", "thumbs.eval.evaluation:eval_command"),
+    ("compare", "thumbs.report.compare:compare_command"),
+    ("demo", "thumbs.demo.command:demo_command"),
 ]
 
 

@@ -45,7 +45,7 @@ class DataConfig(Strict):
     max_length: int = Field(512, gt=1)
     max_prompt_length: Union[int, None] = Field(None, gt=0)
     limit: Union[int, None] = Field(None, gt=0)  # use only the first N examples after shuffling (smoke runs)
-    # Feedback options, acted on by thumbs.data.weighting (see `thumbs audit`).
+    # Feedback options, acted on by thumbs.audit.weighting (see `thumbs audit`).
     deployment_positive_rate: Union[float, None] = Field(None, gt=0, lt=1)
     user_balance: Literal["none", "cap", "inverse"] = "none"
     max_user_share: float = Field(0.05, gt=0, le=1)

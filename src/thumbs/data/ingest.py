@@ -2,7 +2,7 @@
 
 The flow, one DuckDB connection for the whole run:
 
-    SOURCE ──stage──▶ one row per input row (file, row, raw JSON text)      (sources.py)
+    SOURCE ──stage──▶ one row per input row (file, row, raw JSON text)      (staging.py)
            ──classify──▶ reason, or canonical values and a vote            (shapes.py, signals.py, eventlog.py)
            ──merge──▶ event ids, duplicates, splits, the three outputs     (this module)
 
@@ -33,7 +33,8 @@ import duckdb
 import typer
 
 from thumbs.data import builtin, eventlog, macros, shapes, signals, store
-from thumbs.data.sources import Source, resolve, stage
+from thumbs.data.sources import Source, resolve
+from thumbs.data.staging import stage
 from thumbs.data.store import read_events
 from thumbs.errors import ThumbsError
 

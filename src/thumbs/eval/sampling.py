@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from thumbs.logprobs import completion_logps
 from thumbs.tokenize import collate
+from thumbs.train.logprobs import completion_logps
 
 
 def sample_seed(seed: int, index: int) -> int:

@@ -59,8 +59,8 @@ def _answers(
     model_path: str, prompts: list[str], per_prompt: int, max_new_tokens: int, seed: int
 ) -> list[dict]:
     """The starting model's own answers: ``per_prompt`` samples for every prompt."""
+    from thumbs.eval.sampling import generate, sample_seed, stop_ids
     from thumbs.models import load_model, load_tokenizer
-    from thumbs.sampling import generate, sample_seed, stop_ids
     from thumbs.tokenize import Encoder
 
     tokenizer, model = load_tokenizer(model_path), load_model(model_path)
@@ -87,14 +87,14 @@ def _answers(
 
 
 def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model: str = "default") -> Path:
-    from thumbs.data.audit import audit
-    from thumbs.data.audit import print_summary as print_audit
+    from thumbs.audit.findings import audit
+    from thumbs.audit.findings import print_summary as print_audit
     from thumbs.data.ingest import ingest
     from thumbs.data.ingest import print_summary as print_ingest
-    from thumbs.demo import FULL, QUICK, _stage, evaluate_or_reuse, run_config, train_or_reuse
-    from thumbs.judges import VaderJudge
+    from thumbs.demo.runs import FULL, QUICK, evaluate_or_reuse, run_config, stage, train_or_reuse
+    from thumbs.eval.judges import VaderJudge
     from thumbs.models import resolve_model
-    from thumbs.report import compare
+    from thumbs.report.compare import compare
 
     size = QUICK if quick else FULL
     out = Path(out) / ("production-quick" if quick else "production")
@@ -103,7 +103,7 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
     model_path = resolve_model(model)
     prompts = [f"Write a one-sentence review of {topic}." for topic in TOPICS]
 
-    _stage(1, "The starting model answers the prompts")
+    stage(1, "The starting model answers the prompts")
     log = out / "feedback.jsonl"
     if not log.exists():
         answers = _answers(
@@ -116,7 +116,7 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
         (out / "truth.json").write_text(json.dumps(truth, indent=2))
     print(f"thumbs: simulated feedback in {log}")
 
-    _stage(2, "Ingest and audit the votes")
+    stage(2, "Ingest and audit the votes")
     data_dir = out / "data"
     manifest = ingest([str(log)], data_dir, eval_fraction=0.25)
     print_ingest(manifest, data_dir, 0.0)
@@ -131,11 +131,11 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
     }
     runs = []
     for number, (name, sets) in enumerate(variants.items(), start=3):
-        _stage(number, f"Train KTO: {name}")
+        stage(number, f"Train KTO: {name}")
         extra = {"output_dir": str(out / name), "data.limit": None, **sets}
         runs.append(train_or_reuse(run_config("kto", data_dir, out, size, model, extra)))
 
-    _stage(6, "Evaluate against the starting model with the ground-truth judge")
+    stage(6, "Evaluate against the starting model with the ground-truth judge")
     for run_dir in runs:
         evaluate_or_reuse(run_dir, size)
     path = compare(runs, out / "report.html", show=True)

@@ -1,7 +1,7 @@
 """`thumbs eval`: a trained policy against its starting model, on held-out prompts, under a judge.
 
 Both models sample n completions for the same prompts with the same random stream per sample
-(see thumbs.sampling), so the comparison is paired. What ``eval.json`` holds:
+(see thumbs.eval.sampling), so the comparison is paired. What ``eval.json`` holds:
 
 - ``win_rate``: the share of samples where the judge scores the policy's completion above the
   reference's, ties counting half. ``win_rate_ci``: the 95% Wilson score interval on that share.
@@ -20,75 +20,21 @@ Both models sample n completions for the same prompts with the same random strea
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from thumbs import show
 from thumbs.errors import ThumbsError
+from thumbs.eval.metrics import mean_stderr, roc_auc, win_rate
 
-Z95 = 1.959963984540054
 SAMPLES_KEPT = 6  # sample completions written to eval.json for the report
 PROMPTS_HINT = (
     "pass --prompts FILE: a text file with one prompt per line, or JSONL with a 'prompt' field "
     "(text or a list of chat messages)"
 )
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion successes/n (successes may be fractional)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    center = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, center - half), min(1.0, center + half))
-
-
-def win_rate(policy_scores, reference_scores) -> dict:
-    """Paired win rate of the policy (ties half) with its 95% Wilson interval and the counts."""
-    import numpy as np
-
-    policy, reference = np.asarray(policy_scores, float), np.asarray(reference_scores, float)
-    wins, ties = int(np.sum(policy > reference)), int(np.sum(policy == reference))
-    n = len(policy)
-    rate = (wins + 0.5 * ties) / n if n else float("nan")
-    low, high = wilson_interval(wins + 0.5 * ties, n)
-    return {
-        "win_rate": rate,
-        "win_rate_ci": [low, high],
-        "wins": wins,
-        "ties": ties,
-        "losses": n - wins - ties,
-    }
-
-
-def roc_auc(scores, labels) -> float | None:
-    """Rank-based ROC AUC (Mann-Whitney U / n_pos·n_neg), tied scores sharing their average rank.
-
-    None when one class is absent.
-    """
-    import numpy as np
-
-    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        return None
-    _, group, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[group]  # 1-based average rank of each tie group
-    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
-    return float(u / (positives * negatives))
-
-
-def mean_stderr(values) -> dict:
-    import numpy as np
-
-    values = np.asarray(values, float)
-    stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
-    return {"mean": float(values.mean()) if len(values) else None, "stderr": stderr}
 
 
 def _beta(config, beta: float | None) -> float:
@@ -106,7 +52,7 @@ def _stop_trimmed(ids: list[int], stops: list[int]) -> list[int]:
 def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: int) -> dict:
     import numpy as np
 
-    from thumbs.sampling import sequence_logps
+    from thumbs.eval.sampling import sequence_logps
 
     pairs = [
         encoder.fit(encoder.prompt_ids(row["prompt"]), completion)
@@ -158,10 +104,10 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
-    from thumbs.heldout import choose_prompts, heldout_feedback, prompt_text
-    from thumbs.judges import make_judge
-    from thumbs.policy import load_models, resolve_target
-    from thumbs.sampling import generate, sample_seed, sequence_logps, stop_ids
+    from thumbs.eval.heldout import choose_prompts, heldout_feedback, prompt_text
+    from thumbs.eval.judges import make_judge
+    from thumbs.eval.policy import load_models, resolve_target
+    from thumbs.eval.sampling import generate, sample_seed, sequence_logps, stop_ids
     from thumbs.tokenize import Encoder
 
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
@@ -269,7 +215,7 @@ def evaluate(
 
 def _prompt_pool(prompts, feedback, feedback_source, config) -> tuple[list, str]:
     """Prompts to sample: given ones, else the held-out prompts, else a builtin task's own prompt."""
-    from thumbs.heldout import read_prompts
+    from thumbs.eval.heldout import read_prompts
 
     if isinstance(prompts, list):
         return prompts, "list"
@@ -295,7 +241,7 @@ def _prompt_pool(prompts, feedback, feedback_source, config) -> tuple[list, str]
 
 def _run_feedback(config) -> tuple[list[dict] | None, str | None]:
     """Held-out feedback of a run: data.eval when set, else the eval-split rows of data.train."""
-    from thumbs.heldout import heldout_feedback
+    from thumbs.eval.heldout import heldout_feedback
 
     if config.data.eval:
         return heldout_feedback([config.data.eval], whole=True), config.data.eval
@@ -340,6 +286,39 @@ def eval_command(
         out=out,
         device=device,
     )
-    from thumbs.report import print_eval
 
     print_eval(result)
+
+
+def print_eval(result: dict) -> None:
+    """eval.json as a terminal table: the policy beside the reference."""
+    from rich.table import Table
+
+    low, high = result["win_rate_ci"]
+    reward = result["reward"]
+    table = Table(title=f"thumbs eval · judge {result['judge']} · n={result['n']}", title_justify="left")
+    for column, justify in (("", "left"), ("policy", "right"), ("reference", "right")):
+        table.add_column(column, justify=justify)
+    table.add_row("win rate [95% CI]", f"{result['win_rate']:.3f} [{low:.3f}, {high:.3f}]", "")
+    table.add_row(
+        "judge reward ± se",
+        f"{reward['policy']['mean']:.3f} ± {show.fmt(reward['policy']['stderr'])}",
+        f"{reward['reference']['mean']:.3f} ± {show.fmt(reward['reference']['stderr'])}",
+    )
+    table.add_row(
+        "KL(policy ‖ reference)", f"{result['kl']['mean']:.4g} ± {show.fmt(result['kl']['stderr'])}", "0"
+    )
+    table.add_row(
+        "length (tokens)", f"{result['length']['policy']:.1f}", f"{result['length']['reference']:.1f}"
+    )
+    heldout = result.get("heldout")
+    auc = (
+        f"{heldout['auc']:.3f} on {heldout['n']} held-out votes"
+        if heldout and heldout["auc"] is not None
+        else "–"
+    )
+    table.add_row("held-out AUC", auc, "0.5")
+    console = show.console()
+    console.print(table)
+    if result.get("path"):
+        console.print(f"wrote {result['path']} ({result['seconds']:.0f} s)")

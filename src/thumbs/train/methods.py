@@ -1,6 +1,6 @@
 """A training method is the sequences each example needs and a loss over their log-probs; nothing else.
 
-The loop (``thumbs.train``) is shared: it forwards the ``grad_roles`` sequences with gradient in
+The loop (``thumbs.train.loop``) is shared: it forwards the ``grad_roles`` sequences with gradient in
 one pass, the ``nograd_roles`` without, reads precomputed reference log-probs for ``ref_roles``,
 and hands everything to ``loss``. Adding a method is adding one ``Method`` here.
 """
@@ -15,8 +15,8 @@ import pyarrow as pa
 import torch
 
 from thumbs.errors import ThumbsError
-from thumbs.losses import dpo_loss, kl_reference_point, kto_loss, sft_loss
 from thumbs.tokenize import Encoder, sequence
+from thumbs.train.losses import dpo_loss, kl_reference_point, kto_loss, sft_loss
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The report's figures, as PNG data URIs (nothing to fetch when the HTML opens).
 
-Each function takes the runs (see thumbs.report.Run) and returns ``data:image/png;base64,...`` or
+Each function takes the runs (see thumbs.report.runs.Run) and returns ``data:image/png;base64,...`` or
 None when no run has the numbers it draws. Matplotlib runs headless (Agg); PNG metadata is left
 out so the file holds no link of any kind.
 """

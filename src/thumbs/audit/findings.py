@@ -5,7 +5,7 @@ returns the dict that ``thumbs audit DIR`` writes as ``audit.json``. Every aggre
 query over the whole table. A completion is a distinct (prompt, completion) pair. Events whose
 ``user_id`` is null are anonymous: counted everywhere, left out of the per-user statistics, and
 taken as one voter each in the noise estimate. Heavy downvoters and the rate distribution are in
-:mod:`thumbs.data.voters`; the noise estimate is in :mod:`thumbs.data.noise`.
+:mod:`thumbs.audit.voters`; the noise estimate is in :mod:`thumbs.audit.noise`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import duckdb
 import pyarrow as pa
 import typer
 
-from thumbs.data.noise import estimate_flip_rate
-from thumbs.data.voters import HEAVY_DEFAULTS, user_stats
-from thumbs.data.weighting import check_deployment_rate, deployment_weights, paper_weights
+from thumbs.audit.noise import estimate_flip_rate
+from thumbs.audit.voters import HEAVY_DEFAULTS, user_stats
+from thumbs.audit.weighting import check_deployment_rate, deployment_weights, paper_weights
 from thumbs.errors import ThumbsError
 
 REQUIRED = ("prompt", "completion", "label")
@@ -42,7 +42,7 @@ def audit(
 
     ``events`` is a pyarrow Table, an events Parquet file or the ingest folder holding
     ``events.parquet``. The ``heavy_*`` thresholds define heavy downvoters (see
-    :func:`thumbs.data.voters.heavy_downvoters`).
+    :func:`thumbs.audit.voters.heavy_downvoters`).
     """
     if deployment_positive_rate is not None:
         check_deployment_rate(deployment_positive_rate)

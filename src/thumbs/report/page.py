@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from thumbs.report import Run, flatten, fmt
+from thumbs.report.runs import Run, flatten
+from thumbs.show import fmt
 
 SAMPLES_SHOWN = 4
 DATA_ROWS = 40  # scalar fields shown per data file

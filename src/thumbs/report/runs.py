@@ -1,23 +1,19 @@
-"""`thumbs compare`: runs side by side in one self-contained HTML report and a terminal table.
+"""Run folders as data: what a run holds (config, metrics, eval, the data it came from), read forgivingly.
 
 A run directory holds ``config.yaml``, ``metrics.jsonl``, ``final/`` and, once evaluated,
 ``eval.json``; each part is optional here, so a run still training or never evaluated shows what
-it has. The report opens with the table someone deciding what to ship reads first, then the
-plots (PNG inside the file), the data behind the runs, what differs between their configs, and
-sampled completions beside the reference's. Nothing in it is fetched: no links, fonts or scripts.
+it has. ``headline`` is the row a ship decision starts from, shared by the HTML and terminal tables.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from thumbs.errors import ThumbsError
+from thumbs.show import fmt
 
 DATA_FILES = ("data_summary.json", "audit.json", "manifest.json")
 LENGTH_DRIFT = 0.2  # flag a policy whose completions are 20% longer or shorter than the reference's
@@ -128,16 +124,6 @@ def config_differences(runs: list[Run]) -> dict[str, list]:
     return diffs
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
-    return str(value)
-
-
 def headline(run: Run) -> dict[str, str]:
     """The numbers a ship decision starts from, formatted; shared by the HTML and terminal tables."""
     config, ev = run.config, run.eval or {}
@@ -184,108 +170,3 @@ def headline(run: Run) -> dict[str, str]:
         reading.append("held-out AUC at or below chance")
     row["reading"] = "; ".join(reading)
     return row
-
-
-TERMINAL_COLUMNS = (
-    "run",
-    "method",
-    "win rate [95% CI]",
-    "reward (Δ vs ref)",
-    "KL",
-    "length (ref)",
-    "held-out AUC",
-)
-
-
-def _console():
-    from rich.console import Console
-
-    console = Console()
-    return console if console.is_terminal else Console(width=120)  # logs and pipes: do not squeeze to 80
-
-
-def print_table(runs: list[Run]) -> None:
-    """The headline numbers in the terminal, each run's reading below the table."""
-    from rich.table import Table
-
-    rows = [headline(run) for run in runs]
-    table = Table(title="thumbs compare", title_justify="left")
-    for column in TERMINAL_COLUMNS:
-        table.add_column(
-            column, justify="left" if column in ("run", "method") else "right", no_wrap=column != "run"
-        )
-    for row in rows:
-        table.add_row(*(row[c] for c in TERMINAL_COLUMNS))
-    console = _console()
-    console.print(table)
-    for row in rows:
-        console.print(f"  {row['run']}: {row['reading']}", markup=False, highlight=False)
-
-
-def print_eval(result: dict) -> None:
-    """eval.json as a terminal table: the policy beside the reference."""
-    from rich.table import Table
-
-    low, high = result["win_rate_ci"]
-    reward = result["reward"]
-    table = Table(title=f"thumbs eval · judge {result['judge']} · n={result['n']}", title_justify="left")
-    for column, justify in (("", "left"), ("policy", "right"), ("reference", "right")):
-        table.add_column(column, justify=justify)
-    table.add_row("win rate [95% CI]", f"{result['win_rate']:.3f} [{low:.3f}, {high:.3f}]", "")
-    table.add_row(
-        "judge reward ± se",
-        f"{reward['policy']['mean']:.3f} ± {fmt(reward['policy']['stderr'])}",
-        f"{reward['reference']['mean']:.3f} ± {fmt(reward['reference']['stderr'])}",
-    )
-    table.add_row(
-        "KL(policy ‖ reference)", f"{result['kl']['mean']:.4g} ± {fmt(result['kl']['stderr'])}", "0"
-    )
-    table.add_row(
-        "length (tokens)", f"{result['length']['policy']:.1f}", f"{result['length']['reference']:.1f}"
-    )
-    heldout = result.get("heldout")
-    auc = (
-        f"{heldout['auc']:.3f} on {heldout['n']} held-out votes"
-        if heldout and heldout["auc"] is not None
-        else "–"
-    )
-    table.add_row("held-out AUC", auc, "0.5")
-    console = _console()
-    console.print(table)
-    if result.get("path"):
-        console.print(f"wrote {result['path']} ({result['seconds']:.0f} s)")
-
-
-def compare(run_dirs: list[str | Path], out: str | Path = "report.html", *, show: bool = False) -> Path:
-    """Write the HTML report for ``run_dirs`` to ``out`` and return its path; ``show`` prints the table."""
-    from thumbs import plots
-    from thumbs.page import render
-
-    runs = load_runs(run_dirs)
-    figures = {
-        "win": plots.win_rates(runs),
-        "frontier": plots.frontier(runs),
-        "curves": plots.training_curves(runs),
-    }
-    page = render(
-        runs,
-        rows=[headline(run) for run in runs],
-        figures=figures,
-        diffs=config_differences(runs),
-        created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    if show:
-        print_table(runs)
-    return out
-
-
-def compare_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories to put side by side."),
-    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="Where to write the HTML report."),
-) -> None:
-    """Compare runs in one self-contained HTML report (plots inside) and a terminal table."""
-    path = compare(run_dirs, out, show=True)
-    typer.echo(f"wrote {path.resolve()}")

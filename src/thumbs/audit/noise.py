@@ -55,7 +55,7 @@ def estimate_flip_rate(con: duckdb.DuckDBPyConnection) -> dict:
     ).fetchall()[0]
     info = {
         "method": "pairwise disagreement among voters on the same completion, inverted under a symmetric "
-        "flip model: D = 2ε(1−ε); see thumbs.data.noise",
+        "flip model: D = 2ε(1−ε); see thumbs.audit.noise",
         "assumes": "one true label per completion, flips independent and symmetric; honest disagreement on "
         "ambiguous completions counts as noise",
         "completions": completions,

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from thumbs.logprobs import completion_logps
-from thumbs.methods import Items
 from thumbs.models import adapter_disabled
 from thumbs.paths import cache_dir
 from thumbs.tokenize import pack
+from thumbs.train.logprobs import completion_logps
+from thumbs.train.methods import Items
 
 
 def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int) -> str:

@@ -1,0 +1,32 @@
+"""`thumbs demo`: the embedded runs, by scenario."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from thumbs.errors import ThumbsError
+
+
+def demo_command(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for data, runs and report."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 4 minutes on a 2-core CPU)."),
+    scenario: str = typer.Option(
+        "vader", "--scenario", help="vader (real ratings) | production (simulated users)."
+    ),
+    model: str = typer.Option(
+        "default", "--model", help="Starting model: default (SmolLM2-135M-Instruct) or a path."
+    ),
+) -> None:
+    """Run the whole job on embedded defaults: ingest, audit, train KTO and DPO, evaluate, report."""
+    if scenario == "production":
+        from thumbs.demo.production import run_production
+
+        run_production(out, quick=quick, model=model)
+        return
+    if scenario != "vader":
+        raise ThumbsError(f"unknown scenario '{scenario}'", hint="use vader or production")
+    from thumbs.demo.movies import run_demo
+
+    run_demo(out, quick=quick, model=model)
