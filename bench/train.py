@@ -255,7 +255,7 @@ def run_thumbs(spec: dict, work: Path) -> list[float]:
         for batch in order:
             for k, i in enumerate(batch):
                 partner[i] = batch[k - 1]
-        thumbs.methods.kl_partners = lambda prompts, completions, seed: partner
+        thumbs.train.methods.kl_partners = lambda prompts, completions, seed: partner
     sets = {
         "method": spec["method"],
         "output_dir": str(work / "run"),
