@@ -2,7 +2,9 @@
 
 Per generation and voter (``user_id``; anonymous votes on a generation count as one voter), the
 feedback events form a history ordered by time (then by position in the log). The last event
-decides: a vote is kept, a neutral vote counts as neutral, a retraction removes the vote. Every
+decides: a vote is kept, a neutral vote counts as neutral, a retraction removes the vote. A
+retraction is an event type (``retract``, ``unvote``, ``delete``…) or a vote value the ingest's
+``--retract-values`` names (default: ``retract``, ``unvote``, ``clear``, ``none``…). Every
 earlier event is ``superseded`` (counted with the duplicates) or, under a retraction,
 ``retracted`` (counted with the neutral rows). A regenerate event is a thumbs-down only with
 ``--regenerate-as-down``; otherwise it is ``regenerate_ignored`` (neutral) and replaces nothing.

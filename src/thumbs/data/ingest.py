@@ -47,7 +47,7 @@ SHAPES = ("auto", "flat", "chat", "event-log")
 META_KEYS_MAX = 200  # more unmapped columns than this: meta is built by a JSON patch instead
 MEMORY_LIMIT = "1GB"  # DuckDB spills to DIR/.ingest-tmp beyond this
 SOURCE_OPTIONS = ("map", "format", "shape", "table", "query", "feedback", "positive_at", "negative_at")
-SOURCE_OPTIONS += ("regenerate_as_down",)
+SOURCE_OPTIONS += ("regenerate_as_down", "retract_values")
 RUN_OPTIONS = ("split_by", "eval_fraction", "max_row_bytes")
 CANDIDATES = """src_index INTEGER, source VARCHAR, file VARCHAR, row BIGINT, reason VARCHAR, detail VARCHAR,
     raw VARCHAR, raw_bytes BIGINT, raw_truncated BOOLEAN, prompt VARCHAR, completion VARCHAR, vote VARCHAR,
@@ -61,7 +61,8 @@ def ingest(sources: list[str] | tuple[str, ...], out_dir: str | Path, **options)
     ``options`` are the CLI's, by their Python names: ``map`` (dict or ``FIELD=COLUMN`` strings),
     ``config`` (a YAML/JSON file with these keys and a ``sources`` list of specs or dicts of
     per-source options), ``format``, ``shape``, ``table``, ``query``, ``feedback``,
-    ``positive_at``, ``negative_at``, ``regenerate_as_down``, ``split_by``, ``eval_fraction``,
+    ``positive_at``, ``negative_at``, ``regenerate_as_down``, ``retract_values`` (comma-separated
+    words or a list), ``split_by``, ``eval_fraction``,
     ``max_row_bytes``. Raises :class:`ThumbsError` for bad options, or when nothing could be read.
     """
     run, plans = _plan(list(sources), options)
@@ -165,6 +166,7 @@ def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
     source = resolve(plan["source"], fmt=plan.get("format"), table=plan.get("table"), query=plan.get("query"))
     scale = signals.user_scale(plan.get("positive_at"), plan.get("negative_at"))
     reading = _Reading(plan["map"], scale, bool(plan.get("regenerate_as_down")), max_row_bytes)
+    reading.retract_values = signals.retract_values(plan.get("retract_values"))
     stage(con, source, "_thumbs_staged", max_row_bytes=max_row_bytes)
     if shape == "event-log" or plan.get("feedback"):
         entry, outcome = _read_event_log(con, source, plan.get("feedback"), reading)
@@ -192,6 +194,7 @@ class _Reading:
     scale: signals.Scale | None
     regenerate_as_down: bool
     max_row_bytes: int
+    retract_values: tuple[str, ...] = signals.RETRACT_VALUES
 
     def plan(self, con, staged: str, shape: str, where: str) -> shapes.Plan:
         """Find the fields of a staged table; ``generations.``/``feedback.`` map one half of an event log."""
@@ -202,6 +205,7 @@ class _Reading:
         keys = shapes.object_keys(con, staged)
         shape, mapping = shapes.resolve(shape, keys, mine, where)
         plan = shapes.Plan(shape, mapping, self.scale, self.regenerate_as_down, self.max_row_bytes)
+        plan.retract_values = self.retract_values
         if all("." not in column for column in mapping.values()):
             unmapped = [k for k in keys if k not in mapping.values()]
             plan.meta_keys = unmapped if len(unmapped) <= META_KEYS_MAX else None
@@ -245,6 +249,7 @@ def _read_event_log(con, source: Source, feedback_spec: str | None, reading: _Re
     entry |= {"files": list(dict.fromkeys(source.files + feedback.files))}
     entry |= {"mapping": {"generations": gens.mapping, "feedback": votes.mapping}}
     entry |= {"signal": votes.scale.describe() if votes.scale else None, "detail": detail}
+    entry["retract_values"] = list(votes.retract_values)
     return entry, "outcome"
 
 
@@ -287,6 +292,12 @@ def ingest_command(
     regenerate_as_down: bool = typer.Option(
         None, "--regenerate-as-down/--no-regenerate-as-down", help="A regenerate is a thumbs down."
     ),
+    retract_values: str = typer.Option(
+        None,
+        "--retract-values",
+        help="Event log: vote values that take back the voter's earlier vote, comma-separated "
+        f"(default {','.join(signals.RETRACT_VALUES)}; '' for none).",
+    ),
     split_by: str = typer.Option(None, "--split-by", help="prompt (default) | time."),
     eval_fraction: float = typer.Option(
         None, "--eval-fraction", help="Share of prompts held out (default 0.1)."
@@ -300,6 +311,7 @@ def ingest_command(
     options |= {"query": query, "feedback": feedback, "positive_at": positive_at, "negative_at": negative_at}
     options |= {
         "regenerate_as_down": regenerate_as_down,
+        "retract_values": retract_values,
         "split_by": split_by,
         "eval_fraction": eval_fraction,
     }

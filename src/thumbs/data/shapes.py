@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from thumbs.data.signals import Scale, number_sql, vote_sql, word_sql
+from thumbs.data.signals import RETRACT_VALUES, Scale, number_sql, vote_sql, word_sql
 from thumbs.errors import ThumbsError
 
 ALIASES = {
@@ -79,6 +79,7 @@ class Plan:
     regenerate_as_down: bool = False
     max_row_bytes: int = 4 << 20
     meta_keys: list[str] | None = None  # the unmapped columns, when known; else meta by JSON patch
+    retract_values: tuple[str, ...] = RETRACT_VALUES  # feedback: vote values that take a vote back
 
 
 def object_keys(con, staged: str) -> dict[str, int]:
@@ -282,8 +283,12 @@ def _shape_sql(
         )
     if shape == "feedback":  # retractions carry no vote; a regenerate is a vote only when asked for
         event = f"lower(thumbs_scalar({j['event']}, {t['event']}))"
+        # a retraction is an event type, or a vote value the plan names (its text: 'none', '0', 'false')
+        by_value = "false"
+        if "label" in j and plan.retract_values:
+            by_value = f"coalesce(lower(trim({j['label']}->>'$')) IN ({_words(plan.retract_values)}), false)"
         parsed["event"] = (
-            f"CASE WHEN {event} IN ({_words(RETRACT)}) THEN 'retract' "
+            f"CASE WHEN {event} IN ({_words(RETRACT + plan.retract_values)}) OR {by_value} THEN 'retract' "
             f"WHEN {event} IN ({_words(REGENERATE_EVENTS)}) THEN 'regenerate' ELSE 'vote' END"
         )
         regenerate = "'down'" if plan.regenerate_as_down else "'neutral'"

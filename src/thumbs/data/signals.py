@@ -41,6 +41,9 @@ DOWN += (
 )
 NEUTRAL = ("neutral", "none", "meh", "skip", "skipped", "n/a", "mixed")
 REGENERATE = ("regenerate", "regenerated", "regen", "retry")
+# In an event log, a vote VALUE that takes back the voter's earlier vote (``--retract-values``).
+RETRACT_VALUES = ("retract", "retracted", "retraction", "unvote", "unvoted", "undo", "clear", "cleared")
+RETRACT_VALUES += ("remove", "removed", "delete", "deleted", "unset", "none")
 NUMERIC = ("BIGINT", "UBIGINT", "DOUBLE")
 
 
@@ -108,6 +111,16 @@ def detect_scale(low: float | None, high: float | None, binary: bool, where: str
         field=field,
         hint="say where thumbs-up and thumbs-down start with --positive-at X --negative-at Y",
     )
+
+
+def retract_values(value) -> tuple[str, ...]:
+    """``--retract-values``: comma-separated words (or a list); None gives the defaults, "" none at all."""
+    if value is None:
+        return RETRACT_VALUES
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ThumbsError(f"--retract-values {value!r}: expected words separated by commas")
+    return tuple(dict.fromkeys(w for w in (str(item).strip().lower() for item in items) if w))
 
 
 def _words(words: tuple[str, ...]) -> str:
