@@ -13,6 +13,7 @@ import sys
 import typer
 
 from thumbs.errors import ThumbsError
+from thumbs.quiet import quiet
 
 app = typer.Typer(
     name="thumbs",
@@ -39,12 +40,14 @@ COMMANDS = [
 
 
 def _friendly(fn):
-    """User errors print as one clear message and exit 2, never as a traceback."""
+    """User errors print as one clear message and exit 2, never as a traceback; other libraries'
+    progress bars and warnings the user cannot act on are silenced (``thumbs.quiet``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with quiet():
+                return fn(*args, **kwargs)
         except ThumbsError as err:
             typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
