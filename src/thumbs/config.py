@@ -95,6 +95,9 @@ class TrainConfig(Strict):
     # Similar lengths inside each shuffled window: less padding, but where length tracks the label
     # (terse thumbs-down answers, say) microbatches turn one-class. Off unless you know your data.
     group_by_length: bool = False
+    # Experiment trackers, through Accelerate; each writes into the run folder and works offline
+    # (thumbs.train.trackers): TensorBoard event files, an MLflow file store, W&B offline, trackio.
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list)
 
 
 class Config(Strict):

@@ -210,6 +210,10 @@ def evaluate(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["path"] = str(out)
+    if run_dir is not None:  # the run's experiment trackers get the numbers too
+        from thumbs.train.trackers import log_eval
+
+        log_eval(run_dir, result)
     return result
 
 

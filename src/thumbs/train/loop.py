@@ -72,6 +72,7 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     from transformers import get_scheduler
 
     from thumbs.train import setup as parts
+    from thumbs.train import trackers
     from thumbs.train.checkpoint import load_checkpoint
     from thumbs.train.logprobs import CompletionLogps
     from thumbs.train.methods import METHODS, build_items
@@ -80,11 +81,12 @@ def setup(cfg: Config, *, resume: bool) -> Run:
 
     # under torchrun on a machine without GPUs Accelerate needs cpu=True, else each rank trains alone
     spread = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=parts.precision(cfg), cpu=spread)
+    run_dir = Path(cfg.output_dir)
+    tracking = trackers.accelerator_options(cfg, run_dir)  # a missing tracker package fails here
+    accelerator = Accelerator(mixed_precision=parts.precision(cfg), cpu=spread, **tracking)
     main, world = accelerator.is_main_process, accelerator.num_processes
     kind = accelerator.distributed_type.value  # read now: preparing the model may change it
     parts.check_sharding(accelerator)
-    run_dir = Path(cfg.output_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -166,6 +168,7 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     if main:
         (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         truncate_metrics(run_dir / "metrics.jsonl", start)
+    trackers.start(accelerator, cfg, run_dir, resumed_at=start)
     say(
         f"thumbs: {total_steps} optimizer steps of {global_micro * cfg.train.grad_accum} examples"
         + (f", resuming at step {start}" if start else "")
@@ -217,6 +220,7 @@ def loop(run: Run) -> None:
                 )
                 if run.main:
                     append(run.run_dir / "metrics.jsonl", record)
+                    run.accelerator.log(record, step=step)  # train.report_to's trackers, if any
                     shown = ("loss", "kl", "rewards/margin")
                     bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in shown if k in record})
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step < run.total_steps:
@@ -308,6 +312,7 @@ def save(run: Run) -> None:
             _save_final(plain, run.tokenizer, run.run_dir, run.cfg)
     elif run.main:
         _save_final(run.model, run.tokenizer, run.run_dir, run.cfg)
+    run.accelerator.end_training()  # closes the trackers' runs
     d = run.run_dir
     run.say(f"thumbs: done. Run folder: {d}\n  metrics: {d / 'metrics.jsonl'}\n  model:   {d / 'final'}")
     run.accelerator.wait_for_everyone()
