@@ -18,6 +18,7 @@ def test_train_shows_thumbs_bars_and_no_third_party_noise(tmp_path):
     sets = ["model.name_or_path=tiny", "model.tiny={hidden_size: 32, num_hidden_layers: 1}", f"data.train={data}",
             "train.max_steps=2", "train.batch_size=4", "data.max_length=64"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    env["THUMBS_CACHE"] = str(tmp_path / "cache")  # reference log-probs computed here, so their bar shows
     for name in (
         "TRANSFORMERS_VERBOSITY",
         "HF_HUB_DISABLE_PROGRESS_BARS",
