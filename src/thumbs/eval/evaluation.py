@@ -6,7 +6,9 @@ Both models sample n completions for the same prompts with the same random strea
 - ``win_rate``: the share of samples where the judge scores the policy's completion above the
   reference's, ties counting half. ``win_rate_ci``: the 95% Wilson score interval on that share.
   Ties make an outcome's variance smaller than p(1-p), so with many ties the interval is wide
-  on the safe side.
+  on the safe side. A pairwise judge (``llm:``, ``openai:``) gives verdicts instead of scores:
+  each sample asked in both orders, ``pairwise`` counts the verdicts and parse failures, and
+  ``reward`` is None (see thumbs.eval.pairwise).
 - ``reward``: the judge's mean score and its standard error, for the policy and the reference.
 - ``kl``: KL(π‖π_ref) in nats per completion, estimated from the policy's own samples as the mean
   of log π(y|x) − log π_ref(y|x). Unbiased at temperature 1, top_p 1; other settings sample a
@@ -90,6 +92,7 @@ def evaluate(
     heldout: str | None = None,
     max_heldout: int = 1000,
     beta: float | None = None,
+    rubric: str | Path | None = None,
     out: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -98,6 +101,7 @@ def evaluate(
 
     ``prompts``: a file, a list, ``"eval-split"`` or None (the run's held-out prompts). ``heldout``:
     labelled feedback for the AUC (default: the run's eval split), at most ``max_heldout`` rows.
+    ``rubric``: a file replacing a pairwise judge's default rubric.
     ``out`` defaults to RUN/eval.json, or ./eval.json for a model folder.
     """
     import numpy as np
@@ -117,7 +121,7 @@ def evaluate(
     started = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     run_dir, config, model_path = resolve_target(run_dir_or_model)
-    judge = make_judge(judge, device=device)  # a bad judge fails before any model loads
+    judge = make_judge(judge, device=device, rubric=rubric)  # a bad judge fails before any model loads
 
     feedback, feedback_source = None, None
     if heldout is not None:
@@ -161,8 +165,13 @@ def evaluate(
         tokenizer.decode(_stop_trimmed(ids, stops), skip_special_tokens=True) for ids in reference_ids
     ]
     judge_prompts = [prompt_text(p, messages=True) for p in sample_prompts]
-    policy_scores = judge.score(judge_prompts, policy_texts)
-    reference_scores = judge.score(judge_prompts, reference_texts)
+    if getattr(judge, "pairwise", False):  # verdicts on pairs, both orders (thumbs.eval.pairwise)
+        judged, outcomes = judge.judge_pairs(judge_prompts, policy_texts, reference_texts)
+        policy_scores = reference_scores = None
+    else:
+        policy_scores = judge.score(judge_prompts, policy_texts)
+        reference_scores = judge.score(judge_prompts, reference_texts)
+        judged, outcomes = win_rate(policy_scores, reference_scores), None
 
     beta = _beta(config, beta)
     heldout_result = _score_heldout(models, encoder, feedback, beta, batch_size) if feedback else None
@@ -176,9 +185,11 @@ def evaluate(
         "n": n,
         "prompts": {"source": prompt_source, "distinct": distinct},
         "sampling": {"seed": seed, **settings, "sampler": "inverse-cdf, one random stream per sample"},
-        **win_rate(policy_scores, reference_scores),
         "win_rate_interval": "95% Wilson score interval, ties counted as half a win",
-        "reward": {"policy": mean_stderr(policy_scores), "reference": mean_stderr(reference_scores)},
+        **judged,
+        "reward": None
+        if policy_scores is None
+        else {"policy": mean_stderr(policy_scores), "reference": mean_stderr(reference_scores)},
         "kl": mean_stderr(policy_logps - reference_logps),
         "kl_note": None
         if temperature == 1 and top_p == 1
@@ -198,8 +209,11 @@ def evaluate(
                 "prompt": prompt_text(sample_prompts[i]),
                 "policy": policy_texts[i],
                 "reference": reference_texts[i],
-                "policy_score": policy_scores[i],
-                "reference_score": reference_scores[i],
+                **(
+                    {"policy_score": policy_scores[i], "reference_score": reference_scores[i]}
+                    if outcomes is None
+                    else {"outcome": outcomes[i]}  # the policy's: 1 won both orders, None unparsed
+                ),
             }
             for i in range(min(SAMPLES_KEPT, n))
         ],
@@ -261,7 +275,12 @@ def eval_command(
     prompts: str | None = typer.Option(
         None, help="FILE (text, one prompt per line, or JSONL with 'prompt') or eval-split (default)."
     ),
-    judge: str = typer.Option("vader", help="vader | hf:PATH | python:MODULE:FUNCTION"),
+    judge: str = typer.Option(
+        "vader", help="vader | hf:PATH | python:MODULE:FUNCTION | llm:PATH_OR_ID | openai:URL[#MODEL]"
+    ),
+    rubric: Path | None = typer.Option(
+        None, help="Pairwise judges: the rubric, a file with {prompt}, {response_a} and {response_b}."
+    ),
     n: int = typer.Option(64, help="Samples per model."),
     seed: int = typer.Option(0, help="Sampling seed; sample i of both models shares a stream."),
     max_new_tokens: int = typer.Option(64, help="Longest completion, in tokens."),
@@ -287,6 +306,7 @@ def eval_command(
         top_p=top_p,
         batch_size=batch_size,
         heldout=heldout,
+        rubric=rubric,
         out=out,
         device=device,
     )
@@ -304,11 +324,16 @@ def print_eval(result: dict) -> None:
     for column, justify in (("", "left"), ("policy", "right"), ("reference", "right")):
         table.add_column(column, justify=justify)
     table.add_row("win rate [95% CI]", f"{result['win_rate']:.3f} [{low:.3f}, {high:.3f}]", "")
-    table.add_row(
-        "judge reward ± se",
-        f"{reward['policy']['mean']:.3f} ± {show.fmt(reward['policy']['stderr'])}",
-        f"{reward['reference']['mean']:.3f} ± {show.fmt(reward['reference']['stderr'])}",
-    )
+    if reward is not None:
+        table.add_row(
+            "judge reward ± se",
+            f"{reward['policy']['mean']:.3f} ± {show.fmt(reward['policy']['stderr'])}",
+            f"{reward['reference']['mean']:.3f} ± {show.fmt(reward['reference']['stderr'])}",
+        )
+    if result.get("pairwise"):
+        pairs = result["pairwise"]
+        table.add_row("pairs scored (both orders)", f"{pairs['scored']} of {result['n']}", "")
+        table.add_row("unparsed replies", f"{pairs['parse_failures']} of {pairs['replies']}", "")
     table.add_row(
         "KL(policy ‖ reference)", f"{result['kl']['mean']:.4g} ± {show.fmt(result['kl']['stderr'])}", "0"
     )

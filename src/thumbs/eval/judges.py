@@ -7,6 +7,9 @@
 ``python:MODULE:FUNC``    a callable ``FUNC(prompt, completion) -> float``; MODULE is an importable
                           name or a path to a ``.py`` file. The prompt comes as given: text, or a
                           list of ``{role, content}`` messages for a chat prompt.
+``llm:PATH_OR_ID``        a chat model run here, and ``openai:URL[#MODEL]`` any OpenAI-compatible
+                          chat server: pairwise judges, each sample asked in both orders under a
+                          rubric (``rubric``, a file) — see thumbs.eval.pairwise and llm_judge.
 
 A judge that did not make the training labels is the honest choice: the demo trains on human
 ratings and judges generations with the lexicon.
@@ -22,7 +25,10 @@ from typing import Any
 
 from thumbs.errors import ThumbsError
 
-JUDGE_HELP = "use vader, hf:PATH (a sequence classifier) or python:MODULE:FUNCTION"
+JUDGE_HELP = (
+    "use vader, hf:PATH (a sequence classifier), python:MODULE:FUNCTION, llm:PATH_OR_ID (a chat model) "
+    "or openai:URL[#MODEL] (an OpenAI-compatible chat server)"
+)
 _POSITIVE_LABELS = ("positive", "pos", "label_1")
 
 
@@ -143,10 +149,15 @@ def _import_callable(spec: str) -> Callable:
     return fn
 
 
-def make_judge(spec: str | Judge | Callable, device: str = "cpu") -> Judge:
-    """A judge from its spec string (see the module docstring), a Judge, or a plain callable."""
-    if isinstance(spec, Judge):
+def make_judge(spec: str | Judge | Callable, device: str = "cpu", rubric: str | Path | None = None) -> Judge:
+    """A judge from its spec string (see the module docstring), a Judge, or a plain callable.
+
+    ``rubric``: a file replacing the pairwise judges' default rubric (see thumbs.eval.pairwise).
+    """
+    if isinstance(spec, Judge) or getattr(spec, "pairwise", False):
         return spec
+    if rubric is not None and not (isinstance(spec, str) and spec.startswith(("llm:", "openai:"))):
+        raise ThumbsError("--rubric is for the pairwise judges", hint="use it with llm:… or openai:…")
     if callable(spec):
         return CallableJudge(spec, getattr(spec, "__name__", "callable"))
     if spec == "vader":
@@ -155,4 +166,8 @@ def make_judge(spec: str | Judge | Callable, device: str = "cpu") -> Judge:
         return ClassifierJudge(spec[3:], device=device)
     if spec.startswith("python:"):
         return CallableJudge(_import_callable(spec[len("python:") :]), spec)
+    if spec.startswith(("llm:", "openai:")):
+        from thumbs.eval.llm_judge import llm_judge
+
+        return llm_judge(spec, device=device, rubric=rubric)
     raise ThumbsError(f"unknown judge '{spec}'", hint=JUDGE_HELP)

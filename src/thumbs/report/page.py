@@ -186,7 +186,7 @@ def _samples(runs: list[Run]) -> str:
         for sample in samples[:SAMPLES_SHOWN]:
             rows.append([td(str(sample.get("prompt", "")).strip())] + [
                 td(None, f"{esc(str(sample.get(who) or '').strip())}<div class='score'>{esc(score_name)} "
-                f"{esc(sample.get(who + '_score'))}</div>")
+                f"{esc(sample.get(who + '_score', sample.get('outcome') if who == 'policy' else ''))}</div>")
                 for who in ("policy", "reference")
             ])  # fmt: skip
         parts.append(_table(["prompt", "policy", "reference"], rows, cls="samples"))

@@ -110,7 +110,7 @@ def training_curves(runs: list[Any]) -> str | None:
 
 def frontier(runs: list[Any]) -> str | None:
     """Judge reward against KL(π‖π_ref): each run beside its reference (KL 0). Up and left is better."""
-    evaluated = [(i, run) for i, run in enumerate(runs) if run.eval]
+    evaluated = [(i, run) for i, run in enumerate(runs) if run.eval and run.eval.get("reward")]
     if not evaluated:
         return None
     plt = _pyplot()

@@ -145,12 +145,13 @@ def headline(run: Run) -> dict[str, str]:
         row["reading"] = f"not evaluated: run `thumbs eval {run.path}`"
         return row
     low, high = ev["win_rate_ci"]
-    policy, reference = ev["reward"]["policy"]["mean"], ev["reward"]["reference"]["mean"]
+    reward = ev.get("reward")  # None under a pairwise judge: verdicts, no scores
+    policy, reference = (reward["policy"]["mean"], reward["reference"]["mean"]) if reward else (None, None)
     length, ref_length = ev["length"]["policy"], ev["length"]["reference"]
     row.update(
         {
             "win rate [95% CI]": f"{ev['win_rate']:.2f} [{low:.2f}, {high:.2f}]",
-            "reward (Δ vs ref)": f"{policy:.3f} ({policy - reference:+.3f})",
+            "reward (Δ vs ref)": f"{policy:.3f} ({policy - reference:+.3f})" if reward else "–",
             "KL": f"{ev['kl']['mean']:.3g}",
             "length (ref)": f"{length:.1f} ({ref_length:.1f})",
             "held-out AUC": fmt(ev.get("heldout_auc")),
