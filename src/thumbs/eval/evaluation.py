@@ -224,9 +224,11 @@ def evaluate(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["path"] = str(out)
-    if run_dir is not None:  # the run's experiment trackers get the numbers too
+    if run_dir is not None:  # the run's model card and experiment trackers get the numbers too
+        from thumbs.train.card import update_card
         from thumbs.train.trackers import log_eval
 
+        update_card(run_dir, result)
         log_eval(run_dir, result)
     return result
 

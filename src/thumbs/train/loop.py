@@ -322,6 +322,8 @@ def _save_final(model, tokenizer, run_dir: Path, cfg: Config) -> None:
     import os
     import shutil
 
+    from thumbs.train.card import write_card
+
     final, tmp = run_dir / "final", run_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -330,6 +332,7 @@ def _save_final(model, tokenizer, run_dir: Path, cfg: Config) -> None:
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
+    write_card(tmp, run_dir, cfg)  # final/README.md, in place before final/ appears
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
