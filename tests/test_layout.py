@@ -11,7 +11,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "thumbs"
 # The flow, bottom to top. Shared modules at the top of the package sit below every stage.
 STAGES = ["core", "data", "audit", "train", "eval", "report", "demo", "cli"]
-CORE = {"errors", "paths", "config", "tokenize", "models", "show", "folders", "numbers", "quiet"}
+CORE = {"errors", "paths", "config", "tokenize", "models", "show", "folders", "numbers", "quiet", "cores"}
 MAX_LINES = 420
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from thumbs.cores import adjust_threads
 from thumbs.tokenize import collate
 from thumbs.train.logprobs import completion_logps
 
@@ -86,6 +87,7 @@ def generate(
     )
     completions: list[list[int]] = []
     for start in range(0, len(prompt_ids), batch_size):
+        adjust_threads()
         rows = prompt_ids[start : start + batch_size]
         width = max(len(ids) for ids in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -186,6 +186,7 @@ def loop(run: Run) -> None:
     """Optimizer steps from ``run.start`` to ``run.total_steps``: log, checkpoint, save on Ctrl-C."""
     from tqdm.auto import tqdm
 
+    from thumbs.cores import adjust_threads
     from thumbs.train.batches import Microbatches
     from thumbs.train.checkpoint import save_checkpoint
     from thumbs.train.metrics import Tally, append
@@ -209,6 +210,7 @@ def loop(run: Run) -> None:
     step = run.start
     try:
         while step < run.total_steps:
+            adjust_threads()  # as many threads as there are free cores (thumbs.cores)
             train_step(
                 run, [order(step * cfg.train.grad_accum + a) for a in range(cfg.train.grad_accum)], tally
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from thumbs.cores import adjust_threads
 from thumbs.models import adapter_disabled
 from thumbs.paths import cache_dir
 from thumbs.tokenize import pack
@@ -65,6 +66,7 @@ def compute_reference_logps(
             # 135M shape, 64 sequences: 17.4 s against 22.0 s for length-sorted padded batches)
             mine = list(range(rank, len(seqs), world))
             for start in range(0, len(mine), batch_size):
+                adjust_threads()
                 index = mine[start : start + batch_size]
                 batch = pack([seqs[i] for i in index], pad_id)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
