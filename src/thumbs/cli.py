@@ -1,4 +1,4 @@
-"""`thumbs ingest · audit · train · eval · compare · demo`.
+"""`thumbs ingest · audit · train · eval · compare · iterate · demo`.
 
 Each command lives beside the code it drives (``<module>:<name>_command``) and is registered here.
 Modules keep heavy imports (torch, transformers) inside functions so that ``thumbs --help`` is fast.
@@ -35,6 +35,7 @@ COMMANDS = [
     ("train", "thumbs.train.loop:train_command"),
     ("eval", "thumbs.eval.evaluation:eval_command"),
     ("compare", "thumbs.report.compare:compare_command"),
+    ("iterate", "thumbs.iterate.command:iterate_command"),
     ("demo", "thumbs.demo.command:demo_command"),
 ]
 

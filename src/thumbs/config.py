@@ -6,6 +6,7 @@ overrides any field (the value is parsed as YAML: numbers, booleans, lists).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal, Union
 
@@ -37,6 +38,9 @@ class ModelConfig(Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
     merge_lora: bool = False  # also write final/merged/, a plain model with the adapter folded in
+    # continue training this saved LoRA adapter (its own r, alpha, targets) instead of a fresh one;
+    # the reference stays the base model, the adapter switched off (thumbs iterate --reference original)
+    adapter: Union[str, None] = None
 
 
 class DataConfig(Strict):
@@ -138,20 +142,26 @@ def _describe(err: ValidationError, source: str) -> ThumbsError:
     )
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML at ``path`` (or the defaults), apply ``key=value`` overrides, validate."""
-    tree: dict = {}
+def read_tree(path: str | Path) -> dict:
+    """A config file's YAML mapping, before validation (a caller may take out a section of its own)."""
+    path = Path(path)
+    if not path.exists():
+        raise ThumbsError("config file not found", file=str(path), hint="give the path to a YAML config")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ThumbsError(f"not valid YAML: {err}", file=str(path)) from None
+    if not isinstance(tree, dict):
+        raise ThumbsError("a config must be a YAML mapping of sections", file=str(path))
+    return tree
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, tree: dict | None = None
+) -> Config:
+    """Read YAML at ``path`` (or take ``tree``, or the defaults), apply ``key=value`` overrides, validate."""
     source = str(path) if path else "<defaults>"
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ThumbsError("config file not found", file=str(path), hint="give the path to a YAML config")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ThumbsError(f"not valid YAML: {err}", file=str(path)) from None
-        if not isinstance(tree, dict):
-            raise ThumbsError("a config must be a YAML mapping of sections", file=str(path))
+    tree = copy.deepcopy(tree) if tree is not None else read_tree(path) if path is not None else {}
     for item in overrides or []:
         if "=" not in item:
             raise ThumbsError(f"--set '{item}' is not key=value", hint="e.g. --set train.max_steps=10")

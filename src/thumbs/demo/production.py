@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from thumbs.iterate.answers import answer
+from thumbs.iterate.population import Population, simulate_votes
 
 TOPICS = [
     "a science-fiction film", "a romantic comedy", "a documentary about oceans", "an animated family film",
@@ -26,64 +28,6 @@ TOPICS = [
     "a courtroom drama", "a nature documentary", "a zombie comedy", "a historical epic", "a spy thriller",
     "a disaster film", "a road movie", "a fantasy adventure",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Population:
-    ordinary_users: int = 40
-    heavy_downvoters: int = 2
-    votes_per_answer: int = 5
-    heavy_share: float = 0.35  # share of all votes cast by the heavy downvoters
-    heavy_down_rate: float = 0.95
-    bar: float = 0.25  # ordinary users vote up when score + noise exceeds this
-    noise: float = 0.3
-
-
-def simulate_votes(answers: list[dict], scores: list[float], population: Population, seed: int) -> list[dict]:
-    """One row per vote: prompt, completion, label, user_id (``heavy-*`` for the planted group)."""
-    rng = np.random.default_rng(seed)
-    votes = []
-    for answer, score in zip(answers, scores):
-        for _ in range(population.votes_per_answer):
-            if rng.random() < population.heavy_share:
-                user = f"heavy-{rng.integers(population.heavy_downvoters)}"
-                up = rng.random() > population.heavy_down_rate
-            else:
-                user = f"user-{rng.integers(population.ordinary_users)}"
-                up = score + rng.normal(0, population.noise) > population.bar
-            votes.append({**answer, "label": bool(up), "user_id": user})
-    return votes
-
-
-def _answers(
-    model_path: str, prompts: list[str], per_prompt: int, max_new_tokens: int, seed: int
-) -> list[dict]:
-    """The starting model's own answers: ``per_prompt`` samples for every prompt."""
-    from thumbs.eval.sampling import generate, sample_seed, stop_ids
-    from thumbs.models import load_model, load_tokenizer
-    from thumbs.tokenize import Encoder
-
-    tokenizer, model = load_tokenizer(model_path), load_model(model_path)
-    model.eval()
-    encoder = Encoder(tokenizer, 256)
-    chats = [json.dumps([{"role": "user", "content": p}]) for p in prompts for _ in range(per_prompt)]
-    ids = [encoder.prompt_ids(c) for c in chats]
-    seeds = [sample_seed(seed, i) for i in range(len(ids))]
-    out = generate(
-        model,
-        tokenizer,
-        ids,
-        seeds,
-        max_new_tokens=max_new_tokens,
-        temperature=1.0,
-        top_p=0.95,
-        batch_size=16,
-    )
-    stops = set(stop_ids(model, tokenizer))
-    texts = [
-        tokenizer.decode([t for t in o if t not in stops], skip_special_tokens=True).strip() for o in out
-    ]
-    return [{"prompt": c, "completion": t} for c, t in zip(chats, texts) if t]
 
 
 def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model: str = "default") -> Path:
@@ -106,7 +50,7 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
     stage(1, "The starting model answers the prompts")
     log = out / "feedback.jsonl"
     if not log.exists():
-        answers = _answers(
+        answers = answer(
             model_path, prompts, per_prompt=4 if quick else 8, max_new_tokens=size.max_new_tokens, seed=0
         )
         scores = VaderJudge().score([a["prompt"] for a in answers], [a["completion"] for a in answers])

@@ -136,10 +136,15 @@ def check_sharding(accelerator) -> None:
 
 
 def build_model(cfg: Config, source: str):
-    """The model to train: the base model, with a fresh LoRA adapter when ``model.lora.enabled``."""
+    """The model to train: the base model, with a LoRA adapter when ``model.lora.enabled`` (a fresh
+    one, or ``model.adapter`` carried on)."""
     from thumbs.models import load_model
 
     model = load_model(source)
+    if cfg.model.lora.enabled and cfg.model.adapter:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, cfg.model.adapter, is_trainable=True)
     if cfg.model.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
