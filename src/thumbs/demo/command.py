@@ -18,8 +18,23 @@ def demo_command(
     model: str = typer.Option(
         "default", "--model", help="Starting model: default (SmolLM2-135M-Instruct) or a path."
     ),
+    rounds: int = typer.Option(
+        None,
+        "--rounds",
+        help="production only: that many online rounds (thumbs iterate), with and without user_balance.",
+    ),
 ) -> None:
     """Run the whole job on embedded defaults: ingest, audit, train KTO and DPO, evaluate, report."""
+    if rounds is not None and (scenario != "production" or rounds < 1):
+        raise ThumbsError(
+            "--rounds R (R ≥ 1) goes with --scenario production",
+            hint="thumbs demo --scenario production --rounds 3",
+        )
+    if rounds is not None:
+        from thumbs.demo.rounds import run_production_rounds
+
+        run_production_rounds(out, rounds, quick=quick, model=model)
+        return
     if scenario == "production":
         from thumbs.demo.production import run_production
 

@@ -154,6 +154,7 @@ def iterate(
                     _say_waiting(folder, number)
                     return state
                 write_text(done, _dump(summary))
+                summary = _read(done)  # as a resume will read it
             state["rounds"].append(summary)
             write_text(out / "iterate.json", _dump(state))
             start, adapter = summary["model"], summary["adapter"]
