@@ -71,13 +71,18 @@ def _serve_command() -> list[str]:
 
 
 @contextmanager
-def serve(log: Path):
-    """`transformers serve` on 127.0.0.1 (models loaded on demand by path); yields its /v1 URL."""
+def serve(log: Path, model: Path | None = None):
+    """`transformers serve` on 127.0.0.1; yields its /v1 URL.
+
+    Without ``model`` it loads models on demand (a request names one by its path); with one, it
+    serves that model only.
+    """
     import requests
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    command = [*_serve_command(), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [*_serve_command(), *([str(model)] if model else [])]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     with log.open("wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:

@@ -34,6 +34,13 @@ def server(tmp_path_factory):
         yield url
 
 
+@pytest.fixture(scope="module")
+def first_server(tmp_path_factory, models):
+    """A server of the first-sayer alone: the judge finds the model without #MODEL."""
+    with serve(tmp_path_factory.mktemp("serve") / "serve.log", models["first"]) as url:
+        yield url
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("THUMBS_CACHE", str(tmp_path / "cache"))
@@ -85,7 +92,7 @@ def test_server_down_is_a_clear_error_from_the_cli(tmp_path, models):
     assert "Traceback" not in result.output
 
 
-def test_thumbs_eval_with_the_server_judge_and_a_rubric(server, models, tmp_path):
+def test_thumbs_eval_with_the_server_judge_and_a_rubric(first_server, models, tmp_path):
     policy, reference = save_tiny(tmp_path / "policy", seed=1), save_tiny(tmp_path / "reference", seed=2)
     (tmp_path / "prompts.txt").write_text("Say hi.\nName a colour.\n")
     rubric = tmp_path / "rubric.txt"
@@ -94,12 +101,13 @@ def test_thumbs_eval_with_the_server_judge_and_a_rubric(server, models, tmp_path
     result = CliRunner().invoke(
         app,
         ["eval", str(policy), "--reference", str(reference), "--prompts", str(tmp_path / "prompts.txt"),
-         "--judge", f"openai:{server}#{models['first']}", "--rubric", str(rubric), "--n", "3",
+         "--judge", f"openai:{first_server}", "--rubric", str(rubric), "--n", "3",
          "--max-new-tokens", "6", "--out", str(out), "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     written = json.loads(out.read_text())
     pairwise = written["pairwise"]
+    assert written["judge"] == f"openai:{first_server}#{models['first']}"  # the server's only model
     assert pairwise["rubric"] == str(rubric) and pairwise["parse_failures"] == 0
     asked = written["n"] - pairwise["identical"]
     assert asked > 0

@@ -166,7 +166,7 @@ def evaluate(
     ]
     judge_prompts = [prompt_text(p, messages=True) for p in sample_prompts]
     if getattr(judge, "pairwise", False):  # verdicts on pairs, both orders (thumbs.eval.pairwise)
-        judged, outcomes = judge.judge_pairs(judge_prompts, policy_texts, reference_texts)
+        judged, outcomes = judge.judge_pairs(judge_prompts, policy_texts, reference_texts, progress)
         policy_scores = reference_scores = None
     else:
         policy_scores = judge.score(judge_prompts, policy_texts)

@@ -45,6 +45,7 @@ Reply with exactly one word: A if Response A is better, B if Response B is bette
 PLACEHOLDERS = ("{prompt}", "{response_a}", "{response_b}")
 ORDERS = ("policy_first", "reference_first")
 UNPARSED_KEPT = 3  # unparsed replies shown in eval.json, so a bad rubric or model is visible
+ASK_CHUNK = 16  # questions per call of the backend (the progress bar moves per chunk)
 _TRIM = " \t\r\n\"'`*.!()[]<>:"
 _LAST_LINE = re.compile(r"^(?:final\s+)?(?:verdict|answer|winner|decision)\s*[:=-]\s*(.+)$", re.IGNORECASE)
 _WORDS = {"a": "A", "b": "B", "tie": "tie", "response a": "A", "response b": "B"}
@@ -157,31 +158,41 @@ class PairwiseJudge:
     def score(self, prompts, completions):
         raise ThumbsError(f"judge {self.name} compares two completions; it gives no score to one")
 
-    def replies(self, prompts: Sequence[Any], firsts: Sequence[str], seconds: Sequence[str], order: str):
-        """The raw reply for each (prompt, A, B): from the cache, else asked in one batch."""
+    def replies(
+        self, prompts: Sequence[Any], firsts: Sequence[str], seconds: Sequence[str], order: str, bar=None
+    ) -> list[str]:
+        """The raw reply for each (prompt, A, B): from the cache, else asked, a chunk at a time."""
         texts = [render(self.rubric, p, a, b) for p, a, b in zip(prompts, firsts, seconds)]
         keys = [
             ReplyCache.key(self.key, self.rubric, p, a, b, order) for p, a, b in zip(prompts, firsts, seconds)
         ]
         replies = [self.cache.get(key) for key in keys]
         todo = [i for i, reply in enumerate(replies) if reply is None]
-        if todo:
-            asked = self.ask([[{"role": "user", "content": texts[i]}] for i in todo])
-            for i, reply in zip(todo, asked):
+        if bar is not None:
+            bar.update(len(replies) - len(todo))
+        for start in range(0, len(todo), ASK_CHUNK):
+            chunk = todo[start : start + ASK_CHUNK]
+            asked = self.ask([[{"role": "user", "content": texts[i]}] for i in chunk])
+            for i, reply in zip(chunk, asked):
                 replies[i] = reply if isinstance(reply, str) else ""
                 self.cache.put(keys[i], replies[i])
+            if bar is not None:
+                bar.update(len(chunk))
         return replies
 
     def judge_pairs(
-        self, prompts: Sequence[Any], policy: Sequence[str], reference: Sequence[str]
+        self, prompts: Sequence[Any], policy: Sequence[str], reference: Sequence[str], progress: bool = False
     ) -> tuple[dict, list[float | None]]:
         """eval.json's win-rate fields from both orders, and each sample's outcome (None: unscored)."""
+        from tqdm.auto import tqdm
+
         if not policy or len(policy) != len(reference) or len(prompts) != len(policy):
             raise ThumbsError("a pairwise judge needs one prompt, policy and reference completion per sample")
         asked = [i for i in range(len(policy)) if policy[i] != reference[i]]
         pick = lambda values: [values[i] for i in asked]  # noqa: E731
-        first = self.replies(pick(prompts), pick(policy), pick(reference), ORDERS[0])
-        second = self.replies(pick(prompts), pick(reference), pick(policy), ORDERS[1])
+        with tqdm(total=2 * len(asked), desc="judging pairs, both orders", disable=not progress) as bar:
+            first = self.replies(pick(prompts), pick(policy), pick(reference), ORDERS[0], bar)
+            second = self.replies(pick(prompts), pick(reference), pick(policy), ORDERS[1], bar)
         outcomes: list[float | None] = [0.5] * len(policy)
         verdicts = {order: {"A": 0, "B": 0, "tie": 0, "unparsed": 0} for order in ORDERS}
         unparsed: list[str] = []
