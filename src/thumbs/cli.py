@@ -1,4 +1,4 @@
-"""`thumbs ingest · audit · train · eval · compare · iterate · demo`.
+"""`thumbs ingest · audit · train · eval · compare · iterate · study · demo`.
 
 Each command lives beside the code it drives (``<module>:<name>_command``) and is registered here.
 Modules keep heavy imports (torch, transformers) inside functions so that ``thumbs --help`` is fast.
@@ -36,6 +36,7 @@ COMMANDS = [
     ("eval", "thumbs.eval.evaluation:eval_command"),
     ("compare", "thumbs.report.compare:compare_command"),
     ("iterate", "thumbs.iterate.command:iterate_command"),
+    ("study", "thumbs.study.run:study_command"),
     ("demo", "thumbs.demo.command:demo_command"),
 ]
 

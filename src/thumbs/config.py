@@ -43,6 +43,21 @@ class ModelConfig(Strict):
     adapter: Union[str, None] = None
 
 
+class ConditionConfig(Strict):
+    """A seeded data condition applied to the training examples (thumbs.audit.conditions), for studies.
+
+    ``imbalance``: keep ``fraction`` of the thumbs-up examples (the KTO paper drops 90%: 0.1).
+    ``noise``: flip the labels of ``fraction`` of the examples. ``downvoters``: ``fraction`` of the
+    votes are recast by ``heavy_users`` planted users who vote down with probability ``down_rate``.
+    """
+
+    kind: Literal["imbalance", "noise", "downvoters"]
+    fraction: float = Field(ge=0, le=1)
+    seed: int = 0
+    heavy_users: int = Field(2, gt=0)  # downvoters only
+    down_rate: float = Field(0.95, ge=0, le=1)  # downvoters only
+
+
 class DataConfig(Strict):
     train: Union[str, list[str]] = "builtin:vader-movies"
     eval: Union[str, None] = None
@@ -55,6 +70,9 @@ class DataConfig(Strict):
     max_user_share: float = Field(0.05, gt=0, le=1)
     aggregate: Literal["votes", "majority", "mean"] = "votes"
     min_agreement: float = Field(0.0, ge=0, le=1)
+    # A study's data condition, applied after `limit` and before the options above; recorded in
+    # data_summary.json. None: the data as it is.
+    condition: Union[ConditionConfig, None] = None
 
 
 class KTOConfig(Strict):

@@ -292,6 +292,9 @@ def eval_command(
     heldout: str | None = typer.Option(
         None, help="Labelled feedback for the AUC (default: the run's eval split)."
     ),
+    max_heldout: int = typer.Option(
+        1000, help="At most this many held-out votes for the AUC (a seeded sample)."
+    ),
     out: Path | None = typer.Option(None, help="Where to write eval.json (default: in the run directory)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ) -> None:
@@ -309,6 +312,7 @@ def eval_command(
         batch_size=batch_size,
         heldout=heldout,
         rubric=rubric,
+        max_heldout=max_heldout,
         out=out,
         device=device,
     )

@@ -46,6 +46,10 @@ def training_table(cfg: Config):
         order = list(range(table.num_rows))
         random.Random(cfg.train.seed).shuffle(order)
         table = table.take(sorted(order[: cfg.data.limit]))
+    if cfg.data.condition is not None:  # a study's seeded data condition, recorded with the run
+        from thumbs.audit.conditions import apply_condition
+
+        table, summary["condition"] = apply_condition(table, **cfg.data.condition.model_dump())
     if not paired:
         from thumbs.audit.weighting import apply_feedback_options
 
