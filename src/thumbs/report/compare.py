@@ -71,7 +71,9 @@ def compare(run_dirs: list[str | Path], out: str | Path = "report.html", *, show
 
 
 def compare_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories to put side by side."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories to put side by side (a study folder: its cells)."
+    ),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="Where to write the HTML report."),
 ) -> None:
     """Compare runs in one self-contained HTML report (plots inside) and a terminal table."""

@@ -89,11 +89,30 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     return run
 
 
+def study_cells(path: Path) -> list[Path]:
+    """The run folders of a study folder (``study.json``, see thumbs.study) that hold a finished run."""
+    study = _read_json(path / "study.json") or {}
+    cells = [
+        path / cell["dir"] for cell in study.get("cells") or [] if isinstance(cell, dict) and cell.get("dir")
+    ]
+    return [cell for cell in cells if (cell / "config.yaml").exists()]
+
+
 def load_runs(run_dirs: list[str | Path]) -> list[Run]:
-    paths = [Path(p) for p in run_dirs]
+    """Run folders, a study folder standing for its cells (named study/cell)."""
+    paths, names = [], []
+    for given in map(Path, run_dirs):
+        if (given / "study.json").exists() and not (given / "config.yaml").exists():
+            cells = study_cells(given)
+            paths += cells
+            names += [f"{given.resolve().name}/{cell.name}" for cell in cells]
+        else:
+            paths.append(given)
+            names.append(given.resolve().name)
     if not paths:
-        raise ThumbsError("no run directories given", hint="thumbs compare RUN_DIR [RUN_DIR ...]")
-    names = [p.resolve().name for p in paths]
+        raise ThumbsError(
+            "no run directories given", hint="thumbs compare RUN_DIR [RUN_DIR ...] (or a study folder)"
+        )
     # Same folder name in two places: tell them apart by their parent.
     names = [f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names)]
     return [load_run(p, n) for p, n in zip(paths, names)]
