@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo study test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/thumbs demo
+
+# KTO against DPO on a reward-KL frontier, plus the imbalance and noise conditions (under an hour on 2 cores)
+study: $(STAMP)
+	$(BIN)/thumbs demo --study
 
 # One thread per test process: the tests' tiny models are too small for threads to pay, and
 # spinning threads slow everything down when the cores are shared (the distributed tests run two).

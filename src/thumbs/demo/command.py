@@ -23,8 +23,18 @@ def demo_command(
         "--rounds",
         help="production only: that many online rounds (thumbs iterate), with and without user_balance.",
     ),
+    study: bool = typer.Option(
+        False, "--study", help="The embedded study: KTO and DPO at 3 β, imbalance and noise (under an hour)."
+    ),
 ) -> None:
     """Run the whole job on embedded defaults: ingest, audit, train KTO and DPO, evaluate, report."""
+    if study:
+        from thumbs.study.embedded import run_embedded_study
+
+        result = run_embedded_study(out, quick=quick, model=model)
+        if result["failed"]:
+            raise typer.Exit(1)
+        return
     if rounds is not None and (scenario != "production" or rounds < 1):
         raise ThumbsError(
             "--rounds R (R ≥ 1) goes with --scenario production",

@@ -171,8 +171,8 @@ def compare(name_a: str, a: list[Point], name_b: str, b: list[Point], *, kl_matc
     return result | {
         "kind": "cannot tell apart",
         "samples_needed": needed,
-        "text": f"{name_a} vs {name_b}: cannot tell apart at n = {n} ({where}, every {level} interval "
-        f"covers 0; largest {_ci(best)}); {more}",
+        "text": f"{name_a} vs {name_b}: cannot tell apart at n = {n} ({where}; every interval covers 0, "
+        f"{level}; the largest {_ci(best)}); {more}",
     }
 
 
