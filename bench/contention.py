@@ -89,8 +89,12 @@ def worker(spec: dict) -> dict:
         return out
 
     def timed_step(*args, **kwargs):
+        import torch
+
         t0 = time.perf_counter()
         step(*args, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         timings["steps"].append(time.perf_counter() - t0)
 
     reference.compute_reference_logps = timed_reference
@@ -145,12 +149,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--once", action="store_true", help="one run as the machine is (bench/gpu.sh: on the GPU)"
+    )
     parser.add_argument("--worker")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     spec = {"model": QUICK_MODEL if args.quick else SMOLLM2_135M, "steps": args.steps}
+    if args.once:
+        with tempfile.TemporaryDirectory() as work:
+            timings = worker(dict(spec, work=work))
+        steps = timings["steps"][1:] or timings["steps"]
+        print(f"reference pass {timings['reference']:.2f} s; median step {statistics.median(steps):.3f} s "
+              f"({len(steps)} steps after the first)")  # fmt: skip
+        return
     runs = {}
     for governed in (False, True):
         for busy in (False, True):

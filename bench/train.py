@@ -201,6 +201,8 @@ class Meter:
         LlamaModel.forward = counted
 
         def stamp(optimizer, args, kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # time the step's kernels, not their launch
             meter.steps.append(
                 {
                     "t": time.perf_counter(),
@@ -216,16 +218,24 @@ class Meter:
         register_optimizer_step_post_hook(stamp)
 
 
-def matmul_flops(size: int, repeats: int) -> float:
-    """fp32 matmul throughput of this process (FLOP/s), best of ``repeats``."""
+def matmul_flops(size: int, repeats: int, gpu: bool = False) -> float:
+    """matmul throughput of this process (FLOP/s), best of ``repeats``: fp32 on a CPU, bf16 on a GPU."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
+    a, b = (
+        torch.randn(size, size, device=device, dtype=dtype),
+        torch.randn(size, size, device=device, dtype=dtype),
+    )
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
+        if gpu:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         torch.matmul(a, b)
+        if gpu:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best
 
@@ -270,7 +280,7 @@ def run_thumbs(spec: dict, work: Path) -> list[float]:
         "train.schedule": "constant",
         "train.warmup_ratio": 0.0,
         "train.max_grad_norm": SETTINGS["max_grad_norm"],
-        "train.precision": "fp32",
+        "train.precision": "bf16" if spec.get("gpu") else "fp32",
         "model.gradient_checkpointing": spec["gradient_checkpointing"],
         "train.seed": SETTINGS["seed"],
         "train.ref_batch_size": SETTINGS["ref_batch_size"],
@@ -307,8 +317,8 @@ def run_trl(spec: dict, work: Path) -> list[float]:
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not spec.get("gpu"),
+        bf16=bool(spec.get("gpu")),
         fp16=False,
         gradient_checkpointing=spec["gradient_checkpointing"],
         gradient_checkpointing_kwargs={"use_reentrant": False},
@@ -357,7 +367,7 @@ def worker(tool: str, spec_path: Path) -> None:
 
     spec = json.loads(spec_path.read_text())
     torch.manual_seed(SETTINGS["seed"])
-    peak = matmul_flops(*spec["matmul"])
+    peak = matmul_flops(*spec["matmul"], gpu=spec.get("gpu", False))
     from thumbs.models import load_tokenizer
 
     meter = Meter(load_tokenizer(spec["model_path"]).pad_token_id)
@@ -373,13 +383,16 @@ def worker(tool: str, spec_path: Path) -> None:
                 "nograd_tokens": after["nograd_tokens"],
             }
         )
-    peak = max(peak, matmul_flops(*spec["matmul"]))  # a shared machine: the better of before and after
+    peak = max(
+        peak, matmul_flops(*spec["matmul"], gpu=spec.get("gpu", False))
+    )  # the better of before and after
     result = {
         "tool": tool,
         "losses": losses,
         "steps": steps,
         "matmul_flops": peak,
-        "peak_rss_mib": peak_rss_mib(),
+        # on a GPU the memory that matters is the device's: its allocator's high-water mark
+        "peak_rss_mib": torch.cuda.max_memory_allocated() / 2**20 if spec.get("gpu") else peak_rss_mib(),
         "peak_rss_mib_by_step": [s["peak_rss_mib"] for s in meter.steps],
     }
     print("BENCH-RESULT " + json.dumps(result), flush=True)
@@ -414,6 +427,8 @@ def launch(tool: str, spec: dict, work: Path, log) -> dict:
     spec_path = work / f"{spec['method']}-{tool}.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    if not spec.get("gpu"):
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU comparison stays on the CPU for both tools
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", tool, "--spec", str(spec_path)],
@@ -440,6 +455,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--set", action="append", default=[], help="thumbs option, e.g. train.group_by_length=true"
+    )
+    parser.add_argument(
+        "--gpu", action="store_true", help="on CUDA in bf16 (both tools); memory = device peak"
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -473,7 +491,8 @@ def main() -> None:
                 "model_path": str(model_path),
                 "lora": args.lora,
                 "gradient_checkpointing": not args.no_checkpointing,
-                "matmul": [1024, 10] if args.quick else [2048, 5],
+                "matmul": [1024, 10] if args.quick else [2048 * (4 if args.gpu else 1), 5],
+                "gpu": args.gpu,
                 "thumbs_options": {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)},
                 **{
                     k: preset[k] for k in ("batch_size", "grad_accum", "steps", "max_length", "learning_rate")
@@ -501,8 +520,9 @@ def main() -> None:
         "params": n_params,
         "finetuning": "lora" if args.lora else "full",
         "gradient_checkpointing": not args.no_checkpointing,
-        "precision": "fp32",
-        "device": "cpu",
+        "precision": "bf16" if args.gpu else "fp32",
+        "device": "cuda" if args.gpu else "cpu",
+        "memory": "device peak (max_memory_allocated)" if args.gpu else "VmHWM",
         "threads": __import__("torch").get_num_threads(),
         "examples": examples,
         "batch": f"{preset['batch_size']} x {preset['grad_accum']} accumulation",
