@@ -5,7 +5,14 @@ whose cumulative probability (in vocabulary order) first exceeds its uniform: in
 sampling. So a sample does not depend on which batch it ran in, the policy and the reference
 see the same random numbers for the same prompt, identical models give identical samples, and
 close models give mostly shared tokens (common random numbers: a paired comparison with less
-noise). ``generate`` runs greedily over the processed scores, which hold one finite entry.
+noise).
+
+The decode loop is thumbs' own, over the model's KV cache, rather than ``generate``: a prompt
+that several samples share (an eval repeats its prompts to reach n; the builtin movie task has
+one) is run through the model once and its cache copied to every sample, and only the last
+position's logits are computed. It picks exactly the tokens ``generate`` with
+``InverseCDFSampler`` picks (a test; ``bench/eval.py`` checks it on the default model too):
+finished rows are fed the pad token, positions follow the attention mask as ``generate``'s do.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor
 
 from thumbs.cores import adjust_threads
 from thumbs.tokenize import collate
@@ -27,8 +34,37 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def sample_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
+    """[len(seeds), steps] float64 uniforms: row i is sample i's own stream."""
+    return torch.stack(
+        [torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+    )
+
+
+def inverse_cdf_pick(
+    scores: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """Token per row of ``scores`` [B, V]: the first whose tempered, nucleus-cut CDF passes its uniform.
+
+    ``temperature`` 0 is greedy (argmax).
+    """
+    if temperature == 0:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores.double() / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the first token always stays
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    cdf = probs.cumsum(-1)
+    target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).clamp(max=scores.shape[-1] - 1).squeeze(-1)
+
+
 class InverseCDFSampler(LogitsProcessor):
-    """Replaces each row's scores with a one-hot pick made from that row's own uniforms."""
+    """``inverse_cdf_pick`` for transformers' ``generate``: each row's scores become a one-hot pick.
+
+    thumbs samples with its own loop; this is the oracle it is tested and benchmarked against.
+    """
 
     def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float, top_p: float):
         self.uniforms, self.prompt_width = uniforms, prompt_width
@@ -38,16 +74,9 @@ class InverseCDFSampler(LogitsProcessor):
         if self.temperature == 0:
             return scores  # greedy
         step = input_ids.shape[1] - self.prompt_width
-        probs = torch.softmax(scores.double() / self.temperature, dim=-1)
-        if self.top_p < 1:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # the first token always stays
-            probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-        cdf = probs.cumsum(-1)
-        target = (self.uniforms[:, step].to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-        tokens = torch.searchsorted(cdf, target, right=True).clamp(max=scores.shape[-1] - 1)
+        tokens = inverse_cdf_pick(scores, self.uniforms[:, step], self.temperature, self.top_p)
         picked = torch.full_like(scores, float("-inf"))
-        return picked.scatter(-1, tokens, 0.0)
+        return picked.scatter(-1, tokens.unsqueeze(-1), 0.0)
 
 
 def stop_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -57,6 +86,50 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     extra = getattr(generation, "eos_token_id", None) if generation is not None else None
     ids.update(extra if isinstance(extra, list) else [extra])
     return sorted(i for i in ids if i is not None)
+
+
+def pad_id_of(tokenizer: Any, stops: list[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+
+
+def _base(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (LoRA layers stay active inside it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on ``hidden`` [..., H], in (at least) float32, with the model's logit softcap."""
+    base = _base(model)
+    logits = base.get_output_embeddings()(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def prefill(model: Any, prompts: Sequence[list[int]], pad_id: int):
+    """Run each distinct prompt once; the cache, last hidden state and mask are copied per row.
+
+    Returns (cache, last_hidden [B, H], attention_mask [B, W], next_position [B]) for the rows of
+    ``prompts``, prompts left-padded to the longest, positions counted over real tokens only.
+    """
+    device = next(model.parameters()).device
+    distinct: dict[tuple[int, ...], int] = {}
+    index = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
+    width = max(len(p) for p in distinct)
+    input_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for row, ids in enumerate(distinct):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    out = _base(model).get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True
+    )
+    cache = out.cache
+    if len(distinct) != len(prompts):  # else every row is its own prompt, in order
+        cache.batch_select_indices(index)
+    return cache, out.last_hidden_state[index, -1], attention_mask[index], positions[index, -1] + 1
 
 
 def generate(
@@ -71,10 +144,62 @@ def generate(
     batch_size: int,
     progress: Any = None,
 ) -> list[list[int]]:
-    """Completion token ids per prompt (up to and including a stop token), prompts left-padded."""
+    """Completion token ids per prompt (up to and including a stop token)."""
+    stops = stop_ids(model, tokenizer)
+    pad_id = pad_id_of(tokenizer, stops)
+    device = next(model.parameters()).device
+    stop_tensor = torch.tensor(stops, device=device)
+    decoder = _base(model).get_decoder()
+    completions: list[list[int]] = []
+    with torch.inference_mode():
+        for start in range(0, len(prompt_ids), batch_size):
+            rows = prompt_ids[start : start + batch_size]
+            uniforms = sample_uniforms(seeds[start : start + batch_size], max_new_tokens)
+            cache, hidden, attention_mask, position = prefill(model, rows, pad_id)
+            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+            picked = []
+            for step in range(max_new_tokens):
+                logits = head_logits(model, hidden)
+                token = inverse_cdf_pick(logits, uniforms[:, step], temperature, top_p)
+                token = token.masked_fill(done, pad_id)
+                picked.append(token)
+                done |= torch.isin(token, stop_tensor)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+                hidden = decoder(
+                    input_ids=token.unsqueeze(1),
+                    attention_mask=attention_mask,
+                    position_ids=position.unsqueeze(1),
+                    cache=cache,
+                    use_cache=True,
+                ).last_hidden_state[:, -1]
+                position = position + 1
+            for tokens in torch.stack(picked, dim=1).tolist():
+                cut = next((i + 1 for i, token in enumerate(tokens) if token in stops), len(tokens))
+                completions.append(tokens[:cut])
+            if progress is not None:
+                progress.update(len(rows))
+    return completions
+
+
+def transformers_generate(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[list[int]],
+    seeds: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+) -> list[list[int]]:
+    """``generate``'s samples through transformers' ``generate``: the oracle it is tested against."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
     device = next(model.parameters()).device
     stops = stop_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad_id = pad_id_of(tokenizer, stops)
     # Explicit neutral settings: a model's own generation defaults (penalties) must not bend the samples.
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -95,12 +220,7 @@ def generate(
         for row, ids in enumerate(rows):
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids) :] = 1
-        uniforms = torch.stack(
-            [
-                torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                for s in seeds[start : start + batch_size]
-            ]
-        )
+        uniforms = sample_uniforms(seeds[start : start + batch_size], max_new_tokens)
         sampler = InverseCDFSampler(uniforms, width, temperature, top_p)
         with torch.inference_mode():
             out = model.generate(
@@ -112,8 +232,6 @@ def generate(
         for tokens in out[:, width:].tolist():
             cut = next((i + 1 for i, token in enumerate(tokens) if token in stops), len(tokens))
             completions.append(tokens[:cut])
-        if progress is not None:
-            progress.update(len(rows))
     return completions
 
 
