@@ -211,6 +211,8 @@ def test_same_seeds_give_same_samples_and_zero_kl_when_policy_is_reference(works
     assert len({s["policy"] for s in samples}) > 1  # different seeds per sample, not one repeated draw
     assert result["ties"] == 8 and result["win_rate"] == 0.5
     assert abs(result["kl"]["mean"]) < 1e-6
+    assert result["kl_tokens"] == {"mean": 0.0, "stderr": 0.0}  # one model twice: exactly zero
+    assert result["reward_diff"]["mean"] == 0 and result["reward_diff"]["ci"] == [0.0, 0.0]
     assert result["length"]["policy"] == result["length"]["reference"]
     # A sample's random stream is its own: batch size does not change it.
     again = evaluate(
@@ -229,12 +231,20 @@ def test_perturbed_full_model_run_has_positive_kl_and_writes_eval_json(workspace
     result = evaluate(run, **FAST)
     assert result["kl"]["mean"] > 0.05
     assert result["kl"]["mean"] > 2 * result["kl"]["stderr"]
+    assert result["kl_tokens"]["mean"] > 0.05
+    assert result["kl_tokens"]["stderr"] < result["kl"]["stderr"]
+    diff = result["reward_diff"]
+    policy_mean, reference_mean = (result["reward"][who]["mean"] for who in ("policy", "reference"))
+    assert diff["mean"] == pytest.approx(policy_mean - reference_mean)
+    assert diff["ci"][0] <= diff["mean"] <= diff["ci"][1] and diff["n"] == 8
     written = json.loads((run / "eval.json").read_text())
     for key in (
         "win_rate",
         "win_rate_ci",
         "reward",
         "kl",
+        "kl_tokens",
+        "reward_diff",
         "length",
         "heldout_auc",
         "n",

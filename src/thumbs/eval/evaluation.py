@@ -10,9 +10,16 @@ Both models sample n completions for the same prompts with the same random strea
   each sample asked in both orders, ``pairwise`` counts the verdicts and parse failures, and
   ``reward`` is None (see thumbs.eval.pairwise).
 - ``reward``: the judge's mean score and its standard error, for the policy and the reference.
+- ``reward_diff``: the paired difference policy − reference of the judge's scores, sample by
+  sample (the two share prompt and random stream): mean, standard error and ``ci``, the 95%
+  Student t interval (df = n − 1). It separates far sooner than the two rewards' own intervals.
 - ``kl``: KL(π‖π_ref) in nats per completion, estimated from the policy's own samples as the mean
-  of log π(y|x) − log π_ref(y|x). Unbiased at temperature 1, top_p 1; other settings sample a
-  tempered policy and the number is only indicative.
+  of log π(y|x) − log π_ref(y|x) (sequence level), with its standard error.
+- ``kl_tokens``: the same KL estimated per token, Σ_t KL(π(·|x,y<t) ‖ π_ref(·|x,y<t)) with both
+  models' full next-token distributions along the policy's samples; mean and standard error.
+  Far lower variance than ``kl`` (see thumbs.eval.divergence). Both are unbiased at
+  temperature 1, top_p 1; other settings sample a tempered policy and the numbers are only
+  indicative.
 - ``length``: mean completion tokens (the stop token not counted); length drift is a known failure.
 - ``heldout_auc``: ROC AUC of the implicit reward β·(log π(y|x) − log π_ref(y|x)) against the
   held-out thumbs labels: the chance that a random thumbs-up completion gets a higher implicit
@@ -30,7 +37,7 @@ import typer
 
 from thumbs import show
 from thumbs.errors import ThumbsError
-from thumbs.eval.metrics import mean_stderr, roc_auc, win_rate
+from thumbs.eval.metrics import mean_stderr, paired_difference, roc_auc, win_rate
 
 SAMPLES_KEPT = 6  # sample completions written to eval.json for the report
 PROMPTS_HINT = (
@@ -108,10 +115,11 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
+    from thumbs.eval.divergence import kl_along_samples
     from thumbs.eval.heldout import choose_prompts, heldout_feedback, prompt_text
     from thumbs.eval.judges import make_judge
     from thumbs.eval.policy import load_models, resolve_target
-    from thumbs.eval.sampling import generate, sample_seed, sequence_logps, stop_ids
+    from thumbs.eval.sampling import generate, pad_id_of, sample_seed, stop_ids
     from thumbs.tokenize import Encoder
 
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
@@ -152,11 +160,10 @@ def evaluate(
         policy_ids = generate(models.policy, tokenizer, prompt_ids, seeds, progress=bar, **settings)
         with models.reference_scope() as ref_model:
             reference_ids = generate(ref_model, tokenizer, prompt_ids, seeds, progress=bar, **settings)
-    # KL from the policy's own samples, scored under both models.
-    pad = tokenizer.pad_token_id
-    policy_logps = sequence_logps(models.policy, prompt_ids, policy_ids, pad, batch_size)
-    with models.reference_scope() as ref_model:
-        reference_logps = sequence_logps(ref_model, prompt_ids, policy_ids, pad, batch_size)
+    # KL from the policy's own samples, scored under both models, per sequence and per token.
+    log_ratio, token_kl = kl_along_samples(
+        models.policy, models.reference_scope, prompt_ids, policy_ids, pad_id_of(tokenizer, stops), batch_size
+    )
 
     policy_texts = [
         tokenizer.decode(_stop_trimmed(ids, stops), skip_special_tokens=True) for ids in policy_ids
@@ -190,10 +197,13 @@ def evaluate(
         "reward": None
         if policy_scores is None
         else {"policy": mean_stderr(policy_scores), "reference": mean_stderr(reference_scores)},
-        "kl": mean_stderr(policy_logps - reference_logps),
+        "reward_diff": None if policy_scores is None else paired_difference(policy_scores, reference_scores),
+        "reward_diff_interval": "95% Student t interval on the paired differences policy − reference",
+        "kl": mean_stderr(log_ratio),
+        "kl_tokens": mean_stderr(token_kl),
         "kl_note": None
         if temperature == 1 and top_p == 1
-        else "samples came from a tempered/truncated policy: the KL estimate is indicative only",
+        else "samples came from a tempered/truncated policy: the KL estimates are indicative only",
         "length": {
             "policy": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in policy_ids])),
             "reference": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in reference_ids])),
@@ -340,9 +350,16 @@ def print_eval(result: dict) -> None:
         pairs = result["pairwise"]
         table.add_row("pairs scored (both orders)", f"{pairs['scored']} of {result['n']}", "")
         table.add_row("unparsed replies", f"{pairs['parse_failures']} of {pairs['replies']}", "")
+    diff = result.get("reward_diff")
+    if diff and diff["mean"] is not None:
+        ci = "" if diff["ci"][0] is None else f" [{diff['ci'][0]:.3f}, {diff['ci'][1]:.3f}]"
+        table.add_row("reward − reference [95% CI]", f"{diff['mean']:.3f}{ci}", "")
     table.add_row(
         "KL(policy ‖ reference)", f"{result['kl']['mean']:.4g} ± {show.fmt(result['kl']['stderr'])}", "0"
     )
+    if result.get("kl_tokens"):
+        kl = result["kl_tokens"]
+        table.add_row("KL per token, summed", f"{kl['mean']:.4g} ± {show.fmt(kl['stderr'])}", "0")
     table.add_row(
         "length (tokens)", f"{result['length']['policy']:.1f}", f"{result['length']['reference']:.1f}"
     )

@@ -92,14 +92,14 @@ def pad_id_of(tokenizer: Any, stops: list[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
 
 
-def _base(model: Any) -> Any:
+def base_model(model: Any) -> Any:
     """The transformers model under a PEFT wrapper (LoRA layers stay active inside it)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     """The LM head on ``hidden`` [..., H], in (at least) float32, with the model's logit softcap."""
-    base = _base(model)
+    base = base_model(model)
     logits = base.get_output_embeddings()(hidden)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     softcap = getattr(base.config, "final_logit_softcapping", None)
@@ -123,7 +123,7 @@ def prefill(model: Any, prompts: Sequence[list[int]], pad_id: int):
         attention_mask[row, width - len(ids) :] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    out = _base(model).get_decoder()(
+    out = base_model(model).get_decoder()(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True
     )
     cache = out.cache
@@ -149,7 +149,7 @@ def generate(
     pad_id = pad_id_of(tokenizer, stops)
     device = next(model.parameters()).device
     stop_tensor = torch.tensor(stops, device=device)
-    decoder = _base(model).get_decoder()
+    decoder = base_model(model).get_decoder()
     completions: list[list[int]] = []
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), batch_size):

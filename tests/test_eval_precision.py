@@ -1,0 +1,200 @@
+"""Evaluation precise enough to decide: token-level KL, the paired reward interval, head-to-head,
+and a sampler that picks what transformers' generate picks.
+
+Tiny models built from a config; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from thumbs.eval.divergence import kl_along_samples
+from thumbs.eval.metrics import paired_difference, t_quantile
+from thumbs.eval.sampling import generate, sample_seed, transformers_generate
+
+EOS, PAD, VOCAB = 4, 0, 5
+PROMPT = [1, 2, 3, 1]
+
+
+def tiny_lm(seed: int, vocab: int = VOCAB, sharpness: float = 40.0):
+    """A one-layer Llama over a five-token vocabulary (token 4 ends a completion)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD,
+        attn_implementation="sdpa", dtype="float64",
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).double().eval()
+    with torch.no_grad():  # sharper next-token distributions than the default init gives
+        model.lm_head.weight.mul_(sharpness)
+    return model
+
+
+TOKENS = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
+
+
+def every_completion(length: int) -> list[list[int]]:
+    """Every completion of at most ``length`` tokens: stopped at EOS, or cut at ``length``."""
+    words = [t for t in range(VOCAB) if t != EOS]
+    stopped = [list(w) + [EOS] for k in range(length - 1) for w in itertools.product(words, repeat=k)]
+    return stopped + [
+        list(w) + [last] for w in itertools.product(words, repeat=length - 1) for last in range(VOCAB)
+    ]
+
+
+def exact_logps(model, completions: list[list[int]]) -> np.ndarray:
+    """log π(y | PROMPT) in float64, one unpadded forward per completion."""
+    out = []
+    with torch.no_grad():
+        for tokens in completions:
+            ids = torch.tensor([PROMPT + tokens])
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, len(PROMPT) - 1 : -1].double(), -1)
+            out.append(float(logps.gather(-1, torch.tensor(tokens).unsqueeze(-1)).sum()))
+    return np.array(out)
+
+
+# ---- token-level KL -------------------------------------------------------------------------------
+
+
+def test_token_kl_equals_the_exact_kl_over_every_completion_and_samples_agree():
+    policy, reference = tiny_lm(1), tiny_lm(2)
+    length = 3
+    space = every_completion(length)
+    prompts = [PROMPT] * len(space)
+    logp, logq = exact_logps(policy, space), exact_logps(reference, space)
+    assert np.exp(logp).sum() == pytest.approx(1.0, abs=1e-9)  # the enumeration is the whole space
+    exact = float(np.sum(np.exp(logp) * (logp - logq)))
+    assert exact > 0.05
+
+    ratio, token_kl = kl_along_samples(policy, lambda: nullcontext(reference), prompts, space, PAD, 64, 7)
+    assert ratio == pytest.approx(logp - logq, abs=1e-9)  # sequence level, from the same pass
+    assert (token_kl >= -1e-12).all()
+    # Chain rule: E_y Σ_t KL(π(·|y<t) ‖ π_ref(·|y<t)) over the whole space is the sequence KL.
+    assert float(np.sum(np.exp(logp) * token_kl)) == pytest.approx(exact, rel=1e-9)
+
+    def estimate(n: int):
+        seeds = [sample_seed(7, i) for i in range(n)]
+        samples = generate(policy, TOKENS, [PROMPT] * n, seeds, max_new_tokens=length, temperature=1.0,
+                           top_p=1.0, batch_size=128)  # fmt: skip
+        r, k = kl_along_samples(policy, lambda: nullcontext(reference), [PROMPT] * n, samples, PAD, 128)
+        se = lambda v: v.std(ddof=1) / math.sqrt(n)  # noqa: E731
+        return r.mean(), se(r), k.mean(), se(k)
+
+    seq_mean, seq_se, tok_mean, tok_se = estimate(2000)
+    assert abs(tok_mean - exact) < 4 * tok_se
+    assert abs(seq_mean - exact) < 4 * seq_se
+    _, _, _, small_se = estimate(250)
+    assert 0.25 < tok_se / small_se < 0.5  # about 1/sqrt(8)
+
+
+def test_token_kl_has_far_lower_variance_than_the_sequence_estimate_for_close_models():
+    """A trained policy sits near its reference: there each position's full distribution beats one draw."""
+    policy, reference = tiny_lm(4, vocab=64, sharpness=3), tiny_lm(4, vocab=64, sharpness=3)
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    n = 400
+    prompts = [[1 + i % 7, 2, 3] for i in range(n)]
+    samples = generate(policy, TOKENS, prompts, [sample_seed(1, i) for i in range(n)], max_new_tokens=24,
+                       temperature=1.0, top_p=1.0, batch_size=100)  # fmt: skip
+    ratio, token_kl = kl_along_samples(policy, lambda: nullcontext(reference), prompts, samples, PAD, 100)
+    assert token_kl.mean() > 0
+    assert abs(ratio.mean() - token_kl.mean()) < 4 * ratio.std(ddof=1) / math.sqrt(n)  # the same KL
+    assert token_kl.std() < 0.3 * ratio.std()  # here about 6 times lower
+
+
+def test_token_kl_is_zero_for_identical_models_and_a_lora_reference_is_its_base(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from thumbs.models import adapter_disabled
+
+    policy = tiny_lm(3, vocab=40)
+    twin = tiny_lm(3, vocab=40)
+    prompts = [[1, 2, 3], [5, 6], [1, 2, 3], [9]]
+    samples = generate(policy, TOKENS, prompts, [sample_seed(0, i) for i in range(4)], max_new_tokens=6,
+                       temperature=1.0, top_p=1.0, batch_size=4)  # fmt: skip
+    ratio, token_kl = kl_along_samples(policy, lambda: nullcontext(twin), prompts, samples, PAD, 3)
+    assert np.abs(ratio).max() < 1e-12 and np.abs(token_kl).max() < 1e-12
+
+    lora = get_peft_model(tiny_lm(3, vocab=40), LoraConfig(r=2, target_modules=["q_proj", "v_proj", "lm_head"],
+                                                           init_lora_weights=False))  # fmt: skip
+    lora.eval()
+    ratio, token_kl = kl_along_samples(lora, lambda: adapter_disabled(lora), prompts, samples, PAD, 4)
+    _, expected = kl_along_samples(lora, lambda: nullcontext(twin), prompts, samples, PAD, 4)
+    assert token_kl == pytest.approx(expected, abs=1e-10) and (token_kl > 0).all()
+
+
+# ---- the paired reward interval -------------------------------------------------------------------
+
+
+def test_t_quantile_matches_the_table():
+    for df, value in [(1, 12.7062047), (2, 4.3026527), (5, 2.5705818), (10, 2.2281389), (30, 2.0422725),
+                      (200, 1.9718962), (1000, 1.9623391)]:  # fmt: skip
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=2e-7)
+    assert t_quantile(0.025, 10) == pytest.approx(-2.2281389, abs=2e-7)
+    assert t_quantile(0.995, 4) == pytest.approx(4.6040949, abs=2e-7)
+
+
+@pytest.mark.parametrize("n", [12, 128])
+def test_paired_interval_covers_the_true_difference_at_its_stated_rate(n):
+    """Judge-like scores in [-1, 1], strongly paired; the interval must cover the truth 95% of the time."""
+    rng = np.random.default_rng(n)
+    draws, covered = 4000, 0
+    shared = rng.normal(size=(draws, n))  # what the shared prompt and random stream make common
+    policy = np.tanh(shared + 0.3 + 0.4 * rng.normal(size=(draws, n)))
+    reference = np.tanh(shared + 0.4 * rng.normal(size=(draws, n)))
+    truth = np.mean(  # E[tanh(s + 0.3 + e1) − tanh(s + e2)] by a large independent draw
+        np.tanh((s := rng.normal(size=2_000_000)) + 0.3 + 0.4 * rng.normal(size=s.size))
+        - np.tanh(s + 0.4 * rng.normal(size=s.size))
+    )
+    widths = []
+    for p, r in zip(policy, reference):
+        result = paired_difference(p, r)
+        low, high = result["ci"]
+        covered += low <= truth <= high
+        widths.append(high - low)
+    # Binomial sd at 4000 draws is 0.0034; allow about 4 of them.
+    assert abs(covered / draws - 0.95) < 0.014, covered / draws
+    # Pairing pays: far narrower than two independent means' intervals would be.
+    unpaired = 2 * 1.96 * math.sqrt((policy.var(axis=1).mean() + reference.var(axis=1).mean()) / n)
+    assert np.mean(widths) < 0.6 * unpaired
+
+
+def test_paired_difference_by_hand_and_small_n():
+    result = paired_difference([1.0, 0.5, 0.2], [0.0, 0.5, 0.4])
+    diff = np.array([1.0, 0.0, -0.2])
+    se = diff.std(ddof=1) / math.sqrt(3)
+    assert result["mean"] == pytest.approx(diff.mean()) and result["stderr"] == pytest.approx(se)
+    assert result["ci"] == pytest.approx([diff.mean() - 4.3026527 * se, diff.mean() + 4.3026527 * se])
+    assert paired_difference([1.0], [0.0]) == {"mean": 1.0, "stderr": None, "ci": [None, None], "n": 1}
+
+
+# ---- the sampler: the same picks as transformers' generate ----------------------------------------
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+def test_own_decode_loop_picks_what_generate_picks(tmp_path, temperature, top_p):
+    """The samples for given seeds are those of the old generate + InverseCDFSampler path."""
+    from thumbs.models import load_model, load_tokenizer, save_tiny
+    from thumbs.tokenize import Encoder
+
+    save_tiny(tmp_path / "m", seed=5)
+    model, tokenizer = load_model(str(tmp_path / "m")).eval(), load_tokenizer(str(tmp_path / "m"))
+    encoder = Encoder(tokenizer, max_length=128)
+    texts = ["Review the movie:", "Say something kind about the weather today.", "Hi"]
+    prompts = [encoder.prompt_ids(texts[i % 3]) for i in range(10)]  # repeated prompts share a prefill
+    seeds = [sample_seed(3, i) for i in range(10)]
+    settings = dict(max_new_tokens=16, temperature=temperature, top_p=top_p)
+    expected = transformers_generate(model, tokenizer, prompts, seeds, batch_size=4, **settings)
+    assert len({tuple(c) for c in expected}) >= 3  # greedy: one per prompt; sampled: more
+    for batch_size in (4, 10, 3):
+        assert generate(model, tokenizer, prompts, seeds, batch_size=batch_size, **settings) == expected
