@@ -109,6 +109,14 @@ def test_judge_rounds_resume_without_redoing_a_finished_round(tmp_path):
     assert final.stat().st_mtime_ns == trained
     assert third["rounds"][1]["against_start"] == second["rounds"][1]["against_start"]
 
+    # a pairwise evaluation judge brings verdicts and no reward: the page still renders
+    from thumbs.iterate.page import render
+
+    verdicts = json.loads(json.dumps(third))
+    for r in verdicts["rounds"]:
+        r["against_start"]["reward"] = r["against_original"]["reward"] = None
+    assert "pairwise judge" in render(verdicts)
+
     # other settings into the same folder are refused, naming what changed
     with pytest.raises(ThumbsError, match="samples_per_prompt"):
         iterate(cfg, settings.model_copy(update={"samples_per_prompt": 5}), out, progress=False)
@@ -164,6 +172,9 @@ def test_bad_settings_fail_before_any_model_loads(tmp_path):
     cfg = load_config(None, ["model.lora.enabled=false", "model.name_or_path=tiny"])
     with pytest.raises(ThumbsError, match="needs LoRA"):
         iterate(cfg, IterateSettings(prompts="p.txt", reference="original"), tmp_path / "x")
+    with pytest.raises(ThumbsError, match="compares two answers"):
+        iterate(load_config(None, ["model.name_or_path=tiny"]),
+                IterateSettings(prompts="p.txt", judge="openai:http://127.0.0.1:9/v1"), tmp_path / "x")  # fmt: skip
     assert not (tmp_path / "x").exists()
 
 

@@ -12,15 +12,18 @@ against the original by the ground truth (VADER), with intervals.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 from thumbs.demo.runs import Size, run_config, stage
 
-# Sized by arithmetic from the one-shot production scenario (README): a round costs its answers,
-# one training run and two evaluations; 3 rounds × 2 variants at this size ≈ 36 min on 2 CPU cores.
-ROUNDS_FULL = Size(examples=0, kto_steps=24, dpo_steps=0, eval_n=32, heldout=100, max_new_tokens=48)
-ROUNDS_QUICK = Size(examples=0, kto_steps=12, dpo_steps=0, eval_n=16, heldout=100, max_new_tokens=32)
+# Sized by arithmetic from the README's measured demos, not yet measured itself: a round costs its
+# answers, the reference log-probs of its training votes, a short KTO run and two evaluations;
+# 3 rounds × 2 variants (round 1 shared) come to about 40 minutes at full size on 2 CPU cores.
+ROUNDS_FULL = Size(examples=320, kto_steps=24, dpo_steps=0, eval_n=32, heldout=100, max_new_tokens=48)
+ROUNDS_QUICK = Size(examples=160, kto_steps=12, dpo_steps=0, eval_n=16, heldout=100, max_new_tokens=32)
+SHARED = ("answers.jsonl", "feedback.jsonl", "feedback-source.json")  # round 1: the same votes for both
 VARIANTS = {
     "as-logged": {"kto.desirable_weight": 1.0, "kto.undesirable_weight": 1.0},
     "user-balance": {
@@ -45,14 +48,21 @@ def run_production_rounds(out: Path, rounds: int, *, quick: bool = False, model:
     )
     settings = IterateSettings(
         rounds=rounds, prompts=str(prompts), feedback="population", judge="vader",
-        samples_per_prompt=4 if quick else 6, max_new_tokens=size.max_new_tokens, eval_n=size.eval_n,
-        eval_fraction=0.25, top_p=0.95,
+        samples_per_prompt=4, max_new_tokens=size.max_new_tokens, eval_n=size.eval_n,
+        eval_heldout=size.heldout, eval_fraction=0.25, top_p=0.95,
     )  # fmt: skip
     states = {}
     for number, (name, sets) in enumerate(VARIANTS.items(), start=1):
         stage(number, f"{rounds} rounds of KTO on the users' votes: {name}")
-        extra = {"data.limit": None, "train.max_steps": size.kto_steps, **sets}
+        extra = {"train.max_steps": size.kto_steps, **sets}
         cfg = run_config("kto", out / name / "data", out, size, model, extra)
+        first = out / next(iter(VARIANTS)) / "round-1"
+        if number > 1 and not (out / name / "round-1").exists() and (first / "round.json").exists():
+            make_dir(
+                out / name / "round-1"
+            )  # the same start, answers and votes: the variants differ in training
+            for file in SHARED:
+                shutil.copyfile(first / file, out / name / "round-1" / file)
         states[name] = iterate(cfg, settings, out / name)
     stage(len(VARIANTS) + 1, "Round by round, against the original model (judge: VADER, the users' taste)")
     print_rounds(states)
@@ -78,7 +88,8 @@ def print_rounds(states: dict) -> None:
                 name, str(r["round"]), f"{r['audit']['desirable_fraction']:.0%}",
                 ", ".join(sorted(r["audit"]["heavy_downvoters"])) or "none",
                 f"{e['win_rate']:.2f} [{low_high[0]:.2f}, {low_high[1]:.2f}]",
-                f"{e['reward']['policy']['mean']:.3f} ({e['reward']['reference']['mean']:.3f})",
+                "–" if e["reward"] is None
+                else f"{e['reward']['policy']['mean']:.3f} ({e['reward']['reference']['mean']:.3f})",
                 f"{e['kl']['mean']:.3g}", f"{e['length']['policy']:.1f} ({e['length']['reference']:.1f})",
             )  # fmt: skip
     show.console().print(table)

@@ -52,7 +52,11 @@ def iterate_command(
         "reference": reference, "eval_judge": eval_judge, "eval_n": eval_n,
     }  # fmt: skip
     cfg, settings = load(config, list(set_), options)
-    state = iterate(cfg, settings, out, feedback_file=feedback_file, device=device)
+    try:
+        state = iterate(cfg, settings, out, feedback_file=feedback_file, device=device)
+    except KeyboardInterrupt:
+        print("\nthumbs: interrupted; run the same command again to resume where it stopped")
+        raise typer.Exit(130) from None
     if state["rounds"]:
         print_trajectory(state)
     if state.get("report"):

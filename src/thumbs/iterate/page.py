@@ -29,7 +29,9 @@ def rows(state: dict) -> list[list[str]]:
                 ", ".join(audit["heavy_downvoters"]) or "none",
                 _ci(start),
                 _ci(orig),
-                f"{reward['policy']['mean']:.3f} ({reward['policy']['mean'] - reward['reference']['mean']:+.3f})",
+                "– (pairwise judge)"
+                if reward is None
+                else f"{reward['policy']['mean']:.3f} ({reward['policy']['mean'] - reward['reference']['mean']:+.3f})",
                 f"{orig['kl']['mean']:.3g}",
                 f"{start['kl']['mean']:.3g}",
                 f"{orig['length']['policy']:.1f} ({orig['length']['reference']:.1f})",
@@ -66,14 +68,19 @@ def trajectory_figure(state: dict) -> str | None:
     wins.set_ylim(0, 1)
     wins.set_title("Win rate (95% CI)", loc="left")
     wins.legend(loc="best")
-    original = done[0]["against_original"]["reward"]["reference"]
     rx = [0] + x
-    ry = [original["mean"]] + [r["against_original"]["reward"]["policy"]["mean"] for r in done]
-    re = [original["stderr"] or 0] + [r["against_original"]["reward"]["policy"]["stderr"] or 0 for r in done]
-    reward.errorbar(rx, ry, yerr=re, fmt="o-", color=color(0), capsize=4, label="round's model (0: original)")
+    if done[0]["against_original"]["reward"] is not None:  # a pairwise judge gives verdicts, no reward
+        original = done[0]["against_original"]["reward"]["reference"]
+        ry = [original["mean"]] + [r["against_original"]["reward"]["policy"]["mean"] for r in done]
+        re = [original["stderr"] or 0] + [
+            r["against_original"]["reward"]["policy"]["stderr"] or 0 for r in done
+        ]
+        reward.errorbar(
+            rx, ry, yerr=re, fmt="o-", color=color(0), capsize=4, label="round's model (0: original)"
+        )
+        reward.legend(loc="best")
     reward.set_title("Judge reward (eval prompts)", loc="left")
     reward.set_xlabel("round")
-    reward.legend(loc="best")
     kl.set_title("KL(policy ‖ reference), nats", loc="left")
     kl.legend(loc="best")
     for ax in (wins, kl):

@@ -119,7 +119,7 @@ def _evaluate(settings, folder: Path, run_dir: Path, number: int, answers: list[
     common = dict(
         prompts=prompts, judge=settings.eval_judge or settings.judge, n=settings.eval_n, seed=settings.seed,
         max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens,
-        batch_size=settings.batch_size, progress=progress,
+        batch_size=settings.batch_size, max_heldout=settings.eval_heldout, progress=progress,
     )  # fmt: skip
     results = {}
     for against, model in (("start", start), ("original", original)):

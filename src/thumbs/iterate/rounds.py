@@ -35,6 +35,7 @@ from thumbs.folders import make_dir, owned, staging, swap_in, write_text
 from thumbs.iterate.settings import IterateSettings
 
 SAME_SETTINGS_EXCEPT = ("rounds",)
+PAIRWISE = ("llm:", "openai:")  # judges that compare two completions instead of scoring one
 
 
 def _dump(value) -> str:
@@ -58,8 +59,8 @@ def _fixed(cfg: Config, settings: IterateSettings) -> dict:
 def _check_resume(out: Path, fixed: dict) -> None:
     path = out / "iterate.json"
     if not path.exists():
-        if any(out.glob("round-*")):
-            raise ThumbsError("the folder holds rounds but no iterate.json", file=str(out),
+        if any(out.glob("round-*/round.json")):
+            raise ThumbsError("the folder holds finished rounds but no iterate.json", file=str(out),
                               hint="write to another folder (-o) or remove this one")  # fmt: skip
         return
     before = _read(path)
@@ -111,6 +112,12 @@ def iterate(
             "iterate.reference 'original' needs LoRA (model.lora.enabled): the adapter is carried over "
             "the original weights, which stay the reference",
             hint="use reference: start for full fine-tuning",
+        )
+    if settings.feedback != "log" and settings.judge.startswith(PAIRWISE):
+        raise ThumbsError(
+            f"judge '{settings.judge}' compares two answers; feedback needs a judge that scores one",
+            hint="give iterate.judge as vader, hf:PATH or python:MODULE:FUNCTION (a pairwise judge can "
+            "still evaluate: --eval-judge)",
         )
     prompts = read_prompts(Path(settings.prompts))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

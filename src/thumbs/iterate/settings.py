@@ -39,6 +39,7 @@ class IterateSettings(Strict):
     eval_n: int = Field(32, gt=0)
     eval_max_new_tokens: Union[int, None] = Field(None, gt=0)  # default: max_new_tokens
     eval_fraction: float = Field(0.25, ge=0, lt=1)  # prompts held out of training, for evaluation
+    eval_heldout: int = Field(1000, gt=0)  # held-out votes scored for the AUC, at most
     batch_size: int = Field(16, gt=0)  # prompts per generate call
     seed: int = 0
 
