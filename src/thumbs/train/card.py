@@ -199,12 +199,14 @@ def _evaluation(result: dict | None) -> list[str]:
         "| metric | value |",
         "|---|---|",
         f"| win rate over the start [95% CI] | {result['win_rate']:.3f} [{low:.3f}, {high:.3f}] |",
-        f"| judge reward, policy (start) | {_num(result['reward']['policy']['mean'])} "
-        f"({_num(result['reward']['reference']['mean'])}) |",
         f"| KL to the start (nats/completion) | {_num(result['kl']['mean'])} |",
         f"| length in tokens, policy (start) | {_num(result['length']['policy'])} "
         f"({_num(result['length']['reference'])}) |",
     ]
+    if result.get("reward"):  # a pairwise (LLM) judge gives verdicts, not rewards
+        reward = result["reward"]
+        lines.insert(5, f"| judge reward, policy (start) | {_num(reward['policy']['mean'])} "
+                        f"({_num(reward['reference']['mean'])}) |")  # fmt: skip
     if result.get("heldout_auc") is not None:
         lines.append(f"| held-out feedback AUC | {result['heldout_auc']:.3f} |")
     return lines
