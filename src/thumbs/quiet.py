@@ -75,12 +75,14 @@ def _libraries_quiet() -> list:
             hf_logging.disable_progress_bar()
             restore.append(hf_logging.enable_progress_bar)
     if "datasets" in sys.modules:
+        from datasets.utils import are_progress_bars_disabled as ds_disabled
+        from datasets.utils import disable_progress_bars as ds_disable
+        from datasets.utils import enable_progress_bars as ds_enable
         from datasets.utils import logging as ds_logging
-        from datasets.utils import tqdm as ds_tqdm
 
-        if not ds_tqdm.are_progress_bars_disabled():
-            ds_tqdm.disable_progress_bars()
-            restore.append(ds_tqdm.enable_progress_bars)
+        if not ds_disabled():
+            ds_disable()
+            restore.append(ds_enable)
         level = ds_logging.get_verbosity()
         ds_logging.set_verbosity_error()
         restore.append(lambda: ds_logging.set_verbosity(level))

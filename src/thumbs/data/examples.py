@@ -3,7 +3,9 @@
 Unpaired (KTO/SFT) examples have ``prompt``, ``completion``, ``label`` (bool, true = thumbs up),
 optional ``weight`` (float, default 1) and ``user_id``. Paired (DPO) examples have ``prompt``,
 ``chosen``, ``rejected`` and optional ``weight``. A prompt is text or a list of chat messages.
-Sources: Parquet, JSONL, an ingest output folder (``events.parquet``), or ``builtin:vader-movies``.
+Sources: Parquet, JSONL, an ingest output folder (``events.parquet``), ``builtin:vader-movies``,
+a ``datasets`` folder (``save_to_disk``) or a Hub dataset id from the local cache; TRL's text and
+conversational formats are read as they are (:mod:`thumbs.data.formats`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from thumbs.data.formats import conversational, read_dataset
 from thumbs.errors import ThumbsError
 
 UNPAIRED = ("prompt", "completion", "label")
@@ -39,7 +42,10 @@ def builtin_vader_movies() -> pa.Table:
     )
 
 
-def _read(source: str) -> pa.Table:
+def _read(source: str, split: str | None = None) -> pa.Table:
+    dataset = read_dataset(source, split)  # a save_to_disk folder or a Hub dataset id
+    if dataset is not None:
+        return dataset
     if source == "builtin:vader-movies":
         return builtin_vader_movies()
     if source.startswith("builtin:"):
@@ -62,7 +68,7 @@ def _read(source: str) -> pa.Table:
     raise ThumbsError(
         f"unsupported file type '{path.suffix}'",
         file=str(path),
-        hint="give Parquet or JSONL, or run `thumbs ingest` on other formats (CSV, SQLite, PostgreSQL)",
+        hint="give Parquet, JSONL or a datasets folder, or run `thumbs ingest` on other formats (CSV, SQLite, PostgreSQL)",
     )
 
 
@@ -160,7 +166,7 @@ def load_examples(
     """
     tables = []
     for source in [sources] if isinstance(sources, str) else sources:
-        table = _read(source)
+        table = conversational(_read(source, split), source)
         if split is not None and "split" in table.column_names:
             table = table.filter(pc.equal(table["split"], split))
         is_paired = "chosen" in table.column_names and "rejected" in table.column_names
