@@ -135,12 +135,19 @@ def test_plan_prints_commands_that_make_the_cells(tmp_path, cache, monkeypatch, 
     assert [c["reused"] for c in result["cells"]] == [["train", "eval"], []]
     assert result["cells"][0]["budget"]["sequences_with_gradient"] == 16
 
+    tree = yaml.safe_load(study.read_text())  # the same folder for a changed study: refused, nothing trains
+    tree["base"]["train"]["learning_rate"] = 1e-3
+    study.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ThumbsError, match="train.learning_rate is 0.02 there, the study gives 0.001"):
+        run_study(study, out)
+    assert calls == ["clean-kto-b0.3-s0"]
+
 
 def test_a_cell_that_fails_is_recorded_and_the_study_exits_nonzero(tmp_path, cache):
     # no thumbs-up left: KTO trains on the thumbs-down alone, DPO finds no pairs and fails
     study = _study(
         tmp_path, grid={"method": ["kto", "dpo"], "beta": [0.1]},
-        conditions={"no-ups": {"kind": "imbalance", "fraction": 0.0}},
+        conditions={"no-ups": {"kind": "imbalance", "fraction": 0.0}}, budget={"epochs": 1},
     )  # fmt: skip
     out = tmp_path / "study"
     outcome = CliRunner().invoke(app, ["study", str(study), "-o", str(out)])
@@ -148,6 +155,8 @@ def test_a_cell_that_fails_is_recorded_and_the_study_exits_nonzero(tmp_path, cac
     cells = {c["method"]: c for c in json.loads((out / "study.json").read_text())["cells"]}
     assert cells["kto"]["status"] == "done"
     assert cells["kto"]["budget"]["condition"]["desirable_kept"] == 0
+    kto = cells["kto"]["budget"]  # one epoch over its own examples: whole microbatches of 4
+    assert kto["asked"] == {"epochs": 1} and kto["steps"] == kto["examples"] // 4 and 0.8 < kto["epochs"] <= 1
     assert cells["dpo"]["status"] == "failed" and cells["dpo"]["result"] is None
     assert cells["dpo"]["error"]["stage"] == "train" and "no pairs" in cells["dpo"]["error"]["message"]
     assert "failed" in (out / "study.html").read_text()
@@ -265,3 +274,36 @@ def test_seeds_pool_into_one_point_per_beta():
     assert pooled.kl == 3 and pooled.reward == pytest.approx(0.6) and pooled.n == 128 and pooled.cells == 2
     assert pooled.reward_se == pytest.approx(0.1)  # the spread between seeds, larger than their own errors
     assert samples_needed(100, 0.0, 0.1, 1.96) is None
+
+
+def test_conditions_become_each_cells_own_config(tmp_path, capsys):
+    other = write_jsonl(tmp_path / "other.jsonl", toy_feedback(20, seed=9))
+    study = _study(
+        tmp_path,
+        grid={"method": ["kto"], "beta": [0.1]},
+        conditions={
+            "heavy": {"kind": "downvoters", "fraction": 0.35, "heavy_users": 3,
+                      "settings": {"none": {"data.user_balance": "none"}, "inverse": {"data.user_balance": "inverse"}}},
+            "tweets": {"kind": "domain", "train": "builtin:vader-tweets"},
+            "local": {"kind": "domain", "train": str(other)},
+        },
+        budget={"epochs": 2},
+    )  # fmt: skip
+    spec, base = load_study(study)
+    from thumbs.study.spec import cells
+
+    made = {cell.name: cell.overrides for cell in cells(spec, base)}
+    assert set(made) == {"heavy-none-kto-b0.1-s0", "heavy-inverse-kto-b0.1-s0", "tweets-kto-b0.1-s0",
+                         "local-kto-b0.1-s0"}  # fmt: skip
+    heavy = made["heavy-inverse-kto-b0.1-s0"]
+    assert heavy["data.condition"] == {"kind": "downvoters", "fraction": 0.35, "seed": 0, "heavy_users": 3,
+                                       "down_rate": 0.95}  # fmt: skip
+    assert heavy["data.user_balance"] == "inverse"
+    assert heavy["train.epochs"] == 2 and heavy["train.max_steps"] is None  # the budget, in epochs
+    assert made["local-kto-b0.1-s0"]["data.train"] == str(other)
+    out = tmp_path / "plan"
+    run_study(study, out, plan=True)  # a builtin set is ingested into the study folder, as a command
+    printed = capsys.readouterr().out
+    assert f"thumbs ingest builtin:vader-tweets --out {out / 'data' / 'vader-tweets'}" in printed
+    assert f"data.train={out / 'data' / 'vader-tweets'}" in printed
+    assert not (out / "data").exists()  # --plan runs nothing

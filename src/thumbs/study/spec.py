@@ -120,7 +120,7 @@ class Cell:
 def _yaml_value(value) -> str:
     if (
         isinstance(value, str)
-        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:/-]*", value)
+        and re.fullmatch(r"[A-Za-z0-9_./][A-Za-z0-9_.:/-]*", value)
         and yaml.safe_load(value) == value
     ):
         return value
