@@ -92,6 +92,7 @@ def test_study_runs_resumes_without_retraining_and_states_every_budget(tmp_path,
     ]  # fmt: skip
     for cell in saved["cells"]:
         assert cell["status"] == "done" and cell["result"]["n"] == 6
+        assert cell["result"]["kl"]["estimate"] == "kl_tokens" and cell["result"]["reward_diff"]["paired"]
         budget = cell["budget"]
         assert budget["sequences_with_gradient"] == 16 and budget["asked"] == {"sequences": 16}
         assert budget["steps"] == 4  # KTO: 4 examples a step; DPO: 2 pairs, 4 sequences

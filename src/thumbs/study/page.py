@@ -22,8 +22,9 @@ def frontier_figure(result: dict) -> str | None:
     columns = min(3, len(conditions))
     rows = -(-len(conditions) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.8 * rows), squeeze=False)
-    references = {}
+    references, axis = {}, "judge reward"
     for cell in result["cells"]:
+        axis = (cell["result"] or {}).get("axis", axis)
         if cell["result"]:
             references.setdefault(cell["condition"], cell["result"]["reference_reward"])
     for index, condition in enumerate(conditions):
@@ -46,7 +47,7 @@ def frontier_figure(result: dict) -> str | None:
                         color=REFERENCE_COLOR, capsize=4, markersize=7, label="reference (KL 0)")  # fmt: skip
         ax.set_title(condition, loc="left")
         ax.set_xlabel("KL(policy ‖ reference), nats per completion")
-        ax.set_ylabel("judge reward")
+        ax.set_ylabel(axis)
         ax.legend(loc="best", fontsize=FONT - 2)
     for index in range(len(conditions), rows * columns):
         axes[index // columns][index % columns].set_visible(False)
@@ -56,7 +57,7 @@ def frontier_figure(result: dict) -> str | None:
 
 def _cell_rows(result: dict) -> str:
     header = ["cell", "condition", "setting", "method", "β", "seed", "status", "steps", "sequences with gradient",
-              "epochs", "examples (votes)", "votes DPO cannot use", "KL ± se", "reward ± se",
+              "epochs", "examples (votes)", "votes DPO cannot use", "KL (token-level) ± se", "reward ± se",
               "Δ vs reference [95% CI]", "win rate [95% CI]", "length (ref)", "held-out AUC"]  # fmt: skip
     body = []
     for cell in result["cells"]:
@@ -71,7 +72,8 @@ def _cell_rows(result: dict) -> str:
         if r:
             d, w = r["reward_diff"], r["win_rate_ci"] or [None, None]
             values += [
-                f"{r['kl']['mean']:.3g} ± {fmt(r['kl']['stderr'])}",
+                f"{r['kl']['mean']:.3g} ± {fmt(r['kl']['stderr'])}"
+                + ("" if r["kl"]["estimate"] == "kl_tokens" else " (sequence-level)"),
                 f"{r['reward']['mean']:.3f} ± {fmt(r['reward']['stderr'])}",
                 f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
                 + ("" if d.get("paired") else " (unpaired)"),

@@ -67,8 +67,14 @@ def budget_record(spec: StudySpec, method: str, config: dict, cell_dir: Path) ->
 
 
 def eval_record(ev: dict) -> dict:
-    """The numbers a frontier needs from eval.json, with where each came from."""
-    policy, reference = ev["reward"]["policy"], ev["reward"]["reference"]
+    """The numbers a frontier needs from eval.json, with where each came from. A pairwise judge
+    gives no scores: its win rate over the reference stands in for the reward (the reference at 0.5)."""
+    if ev.get("reward"):
+        policy, reference, axis = ev["reward"]["policy"], ev["reward"]["reference"], "judge reward"
+    else:
+        low, high = ev["win_rate_ci"]
+        policy = {"mean": ev["win_rate"], "stderr": (high - low) / (2 * Z95)}
+        reference, axis = {"mean": 0.5, "stderr": 0.0}, "win rate over the reference"
     kl = ev.get("kl_tokens") or ev["kl"]
     diff = ev.get("reward_diff")
     if not diff:
@@ -84,6 +90,7 @@ def eval_record(ev: dict) -> dict:
             "estimate": "kl_tokens" if ev.get("kl_tokens") else "kl",
         },
         "reward": policy,
+        "axis": axis,
         "reference_reward": reference,
         "reward_diff": diff | {"paired": bool(ev.get("reward_diff"))},
         "win_rate": ev.get("win_rate"),
