@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 SERVE_START_S = 180  # importing torch + transformers on a shared 2-core machine can be slow
-REQUEST_S = 30
 
 
 def save_first_sayer(path: Path) -> Path:

@@ -58,6 +58,9 @@ def test_garbage_replies_from_the_server_are_parse_failures_in_both_orders(serve
         judge.judge_pairs(PROMPTS, POLICY, REFERENCE)
     assert _both_orders(backend.asked)
     assert len(list((tmp_path / "replies").rglob("*.json"))) == 6  # the server's replies, kept
+    # a model the server cannot load: its HTTP error, said once retries are spent
+    with pytest.raises(ThumbsError, match=r"answered HTTP \d+"):
+        make_judge(f"openai:{server}#{tmp_path / 'no-such-model'}").judge_pairs(PROMPTS, POLICY, REFERENCE)
 
 
 def test_first_sayer_over_the_server_cancels_and_the_cache_answers_a_rerun(server, models):
