@@ -172,7 +172,9 @@ class PairwiseJudge:
             bar.update(len(replies) - len(todo))
         for start in range(0, len(todo), ASK_CHUNK):
             chunk = todo[start : start + ASK_CHUNK]
-            asked = self.ask([[{"role": "user", "content": texts[i]}] for i in chunk])
+            asked = list(self.ask([[{"role": "user", "content": texts[i]}] for i in chunk]))
+            if len(asked) != len(chunk):
+                raise ThumbsError(f"judge {self.name} gave {len(asked)} replies to {len(chunk)} questions")
             for i, reply in zip(chunk, asked):
                 replies[i] = reply if isinstance(reply, str) else ""
                 self.cache.put(keys[i], replies[i])
