@@ -314,10 +314,10 @@ def save(run: Run) -> None:
             _save_final(plain, run.tokenizer, run.run_dir, run.cfg)
     elif run.main:
         _save_final(run.model, run.tokenizer, run.run_dir, run.cfg)
-    run.accelerator.end_training()  # closes the trackers' runs
     d = run.run_dir
     run.say(f"thumbs: done. Run folder: {d}\n  metrics: {d / 'metrics.jsonl'}\n  model:   {d / 'final'}")
     run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()  # closes the trackers' runs; under DDP it also ends the process group
 
 
 def _save_final(model, tokenizer, run_dir: Path, cfg: Config) -> None:
