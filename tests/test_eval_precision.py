@@ -7,6 +7,7 @@ Tiny models built from a config; nothing is downloaded.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -198,3 +199,52 @@ def test_own_decode_loop_picks_what_generate_picks(tmp_path, temperature, top_p)
     assert len({tuple(c) for c in expected}) >= 3  # greedy: one per prompt; sampled: more
     for batch_size in (4, 10, 3):
         assert generate(model, tokenizer, prompts, seeds, batch_size=batch_size, **settings) == expected
+
+
+# ---- head to head ---------------------------------------------------------------------------------
+
+
+def test_head_to_head_pairs_two_runs_on_the_same_prompts_and_streams(tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.test_eval import make_run, write_events
+    from thumbs.cli import app
+    from thumbs.eval.evaluation import evaluate
+    from thumbs.eval.versus import head_to_head
+    from thumbs.models import save_tiny
+
+    save_tiny(tmp_path / "start", seed=0)
+    write_events(tmp_path / "events.parquet")
+    run_a = make_run(tmp_path, "a", tmp_path / "start", scale=0.1)
+    run_b = make_run(tmp_path, "b", tmp_path / "start", lora=True)
+    judge_file = tmp_path / "letters.py"
+    judge_file.write_text(
+        "def letters(prompt, completion):\n    return float(sum(c.isalpha() for c in completion))\n"
+    )
+    judge = f"python:{judge_file}:letters"
+    fast = dict(n=8, max_new_tokens=12, batch_size=4, progress=False, judge=judge)
+
+    own = {side: evaluate(run, **fast) for run, side in ((run_a, "a"), (run_b, "b"))}  # run/eval.json
+    result = head_to_head(run_a, run_b, **fast)
+    assert result["n"] == 8 and result["wins"] + result["ties"] + result["losses"] == 8
+    assert result["prompts"]["distinct"] == 3  # A's eval split
+    diff = result["reward_diff"]
+    assert diff["mean"] == pytest.approx(result["reward"]["a"]["mean"] - result["reward"]["b"]["mean"])
+    assert diff["ci"][0] <= diff["mean"] <= diff["ci"][1] and diff["n"] == 8
+    assert json.loads((run_a / "versus-b.json").read_text())["win_rate"] == result["win_rate"]
+    # The same prompts and streams as each run's own eval: A's and B's samples are their eval samples.
+    for side in ("a", "b"):
+        assert [s[side] for s in result["samples"]] == [s["policy"] for s in own[side]["samples"]]
+        assert result["kl_tokens"][side] == own[side]["kl_tokens"]  # context for matched KL
+
+    same = head_to_head(run_a, run_a, out=tmp_path / "same.json", **fast)
+    assert same["ties"] == 8 and same["win_rate"] == 0.5 and same["reward_diff"]["mean"] == 0
+
+    cli = CliRunner().invoke(
+        app,
+        ["eval", str(run_b), "--against", str(run_a), "--n", "4", "--max-new-tokens", "6", "--judge", judge],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert json.loads((run_b / "versus-a.json").read_text())["n"] == 4
+    refused = CliRunner().invoke(app, ["eval", str(run_b), "--against", str(run_a), "--reference", "x"])
+    assert refused.exit_code == 2 and "--against" in refused.output

@@ -307,8 +307,23 @@ def eval_command(
     ),
     out: Path | None = typer.Option(None, help="Where to write eval.json (default: in the run directory)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    against: str | None = typer.Option(
+        None, help="Another run: TARGET's policy against its policy, head to head (writes versus-NAME.json)."
+    ),
 ) -> None:
     """Sample policy and reference on held-out prompts, judge both, and write eval.json."""
+    if against is not None:
+        from thumbs.eval.versus import head_to_head, print_versus
+
+        if reference is not None or heldout is not None:
+            raise ThumbsError("--reference and --heldout do not apply with --against (two policies, no AUC)")
+        versus = head_to_head(
+            target, against, prompts=prompts, judge=judge, rubric=rubric, n=n, seed=seed,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
+            out=out, device=device,
+        )  # fmt: skip
+        print_versus(versus)
+        return
     result = evaluate(
         target,
         reference=reference,

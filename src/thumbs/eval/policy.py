@@ -110,3 +110,30 @@ def resolve_target(target: str | Path):
             )
         return path, config, final
     return None, None, path
+
+
+def load_policy(model_path: Path, default_reference: str | None, device: str):
+    """(policy, tokenizer) alone, in eval mode on ``device``: a full model or base + LoRA adapter."""
+    from thumbs.models import load_model, load_tokenizer, resolve_model
+
+    adapter_config = model_path / "adapter_config.json"
+    if adapter_config.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or default_reference
+        if not base:
+            raise ThumbsError("the adapter names no base model", file=str(adapter_config))
+        base = resolve_model(base)
+        policy = PeftModel.from_pretrained(load_model(base), str(model_path))
+    elif (model_path / "config.json").exists():
+        base = resolve_model(default_reference) if default_reference else str(model_path)
+        policy = load_model(str(model_path))
+    else:
+        raise ThumbsError(
+            "not a model folder (no config.json or adapter_config.json)",
+            file=str(model_path),
+            hint="give a run directory (config.yaml + final/) or a saved model folder",
+        )
+    tokenizer = load_tokenizer(str(model_path) if _has_tokenizer(model_path) else base)
+    tokenizer.padding_side = "left"
+    return policy.to(device).eval(), tokenizer
