@@ -40,10 +40,6 @@ from thumbs.errors import ThumbsError
 from thumbs.eval.metrics import mean_stderr, paired_difference, roc_auc, win_rate
 
 SAMPLES_KEPT = 6  # sample completions written to eval.json for the report
-PROMPTS_HINT = (
-    "pass --prompts FILE: a text file with one prompt per line, or JSONL with a 'prompt' field "
-    "(text or a list of chat messages)"
-)
 
 
 def _beta(config, beta: float | None) -> float:
@@ -52,10 +48,6 @@ def _beta(config, beta: float | None) -> float:
     if config is None:
         return 0.1
     return config.dpo.beta if config.method == "dpo" else config.kto.beta
-
-
-def _stop_trimmed(ids: list[int], stops: list[int]) -> list[int]:
-    return ids[:-1] if ids and ids[-1] in stops else ids
 
 
 def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: int) -> dict:
@@ -116,10 +108,10 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from thumbs.eval.divergence import kl_along_samples
-    from thumbs.eval.heldout import choose_prompts, heldout_feedback, prompt_text
+    from thumbs.eval.heldout import choose_prompts, heldout_feedback, prompt_pool, prompt_text, run_feedback
     from thumbs.eval.judges import make_judge
     from thumbs.eval.policy import load_models, resolve_target
-    from thumbs.eval.sampling import generate, pad_id_of, sample_seed, stop_ids
+    from thumbs.eval.sampling import generate, pad_id_of, sample_seed, stop_ids, stop_trimmed
     from thumbs.tokenize import Encoder
 
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
@@ -135,12 +127,12 @@ def evaluate(
     if heldout is not None:
         feedback, feedback_source = heldout_feedback([heldout], whole=True), heldout
     elif config is not None:
-        feedback, feedback_source = _run_feedback(config)
+        feedback, feedback_source = run_feedback(config)
     if feedback is not None and len(feedback) > max_heldout:
         keep = np.sort(np.random.default_rng(seed).choice(len(feedback), max_heldout, replace=False))
         feedback = [feedback[i] for i in keep]
 
-    prompt_pool, prompt_source = _prompt_pool(prompts, feedback, feedback_source, config)
+    prompt_pool, prompt_source = prompt_pool(prompts, feedback, feedback_source, config)
     distinct, sample_prompts = choose_prompts(prompt_pool, n, seed)
 
     default_reference = config.model.name_or_path if config is not None else None
@@ -166,10 +158,10 @@ def evaluate(
     )
 
     policy_texts = [
-        tokenizer.decode(_stop_trimmed(ids, stops), skip_special_tokens=True) for ids in policy_ids
+        tokenizer.decode(stop_trimmed(ids, stops), skip_special_tokens=True) for ids in policy_ids
     ]
     reference_texts = [
-        tokenizer.decode(_stop_trimmed(ids, stops), skip_special_tokens=True) for ids in reference_ids
+        tokenizer.decode(stop_trimmed(ids, stops), skip_special_tokens=True) for ids in reference_ids
     ]
     judge_prompts = [prompt_text(p, messages=True) for p in sample_prompts]
     if getattr(judge, "pairwise", False):  # verdicts on pairs, both orders (thumbs.eval.pairwise)
@@ -205,8 +197,8 @@ def evaluate(
         if temperature == 1 and top_p == 1
         else "samples came from a tempered/truncated policy: the KL estimates are indicative only",
         "length": {
-            "policy": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in policy_ids])),
-            "reference": float(np.mean([len(_stop_trimmed(ids, stops)) for ids in reference_ids])),
+            "policy": float(np.mean([len(stop_trimmed(ids, stops)) for ids in policy_ids])),
+            "reference": float(np.mean([len(stop_trimmed(ids, stops)) for ids in reference_ids])),
             "stopped": {
                 "policy": float(np.mean([bool(ids) and ids[-1] in stops for ids in policy_ids])),
                 "reference": float(np.mean([bool(ids) and ids[-1] in stops for ids in reference_ids])),
@@ -241,44 +233,6 @@ def evaluate(
         update_card(run_dir, result)
         log_eval(run_dir, result)
     return result
-
-
-def _prompt_pool(prompts, feedback, feedback_source, config) -> tuple[list, str]:
-    """Prompts to sample: given ones, else the held-out prompts, else a builtin task's own prompt."""
-    from thumbs.eval.heldout import read_prompts
-
-    if isinstance(prompts, list):
-        return prompts, "list"
-    if prompts is not None and prompts != "eval-split":
-        return read_prompts(Path(prompts)), str(prompts)
-    if feedback:
-        return [row["prompt"] for row in feedback], f"eval-split of {feedback_source}"
-    train = (
-        []
-        if config is None
-        else [config.data.train]
-        if isinstance(config.data.train, str)
-        else config.data.train
-    )
-    if prompts is None and "builtin:vader-movies" in train:
-        # Every example shares one prompt; sampling it is the task, though not held out.
-        from thumbs.data.examples import MOVIE_PROMPT
-
-        return [json.dumps(MOVIE_PROMPT)], "builtin:vader-movies task prompt (no held-out split)"
-    where = "the run's data has no held-out (eval) split" if config else "a model folder brings no prompts"
-    raise ThumbsError(f"no prompts to sample: {where}", hint=PROMPTS_HINT)
-
-
-def _run_feedback(config) -> tuple[list[dict] | None, str | None]:
-    """Held-out feedback of a run: data.eval when set, else the eval-split rows of data.train."""
-    from thumbs.eval.heldout import heldout_feedback
-
-    if config.data.eval:
-        return heldout_feedback([config.data.eval], whole=True), config.data.eval
-    sources = [config.data.train] if isinstance(config.data.train, str) else list(config.data.train)
-    sources = [s for s in sources if not s.startswith("builtin:")]
-    rows = heldout_feedback(sources, whole=False) if sources else None
-    return (rows, ", ".join(sources)) if rows else (None, None)
 
 
 def eval_command(

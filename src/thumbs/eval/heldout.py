@@ -22,6 +22,11 @@ import pyarrow.parquet as pq
 from thumbs.errors import ThumbsError
 from thumbs.tokenize import as_messages, prompt_key
 
+PROMPTS_HINT = (
+    "pass --prompts FILE: a text file with one prompt per line, or JSONL with a 'prompt' field "
+    "(text or a list of chat messages)"
+)
+
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
@@ -140,3 +145,37 @@ def prompt_text(prompt: Any, messages: bool = False) -> Any:
     if messages:
         return chat
     return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in chat)
+
+
+def prompt_pool(prompts, feedback, feedback_source, config) -> tuple[list, str]:
+    """Prompts to sample: given ones, else the held-out prompts, else a builtin task's own prompt."""
+    if isinstance(prompts, list):
+        return prompts, "list"
+    if prompts is not None and prompts != "eval-split":
+        return read_prompts(Path(prompts)), str(prompts)
+    if feedback:
+        return [row["prompt"] for row in feedback], f"eval-split of {feedback_source}"
+    train = (
+        []
+        if config is None
+        else [config.data.train]
+        if isinstance(config.data.train, str)
+        else config.data.train
+    )
+    if prompts is None and "builtin:vader-movies" in train:
+        # Every example shares one prompt; sampling it is the task, though not held out.
+        from thumbs.data.examples import MOVIE_PROMPT
+
+        return [json.dumps(MOVIE_PROMPT)], "builtin:vader-movies task prompt (no held-out split)"
+    where = "the run's data has no held-out (eval) split" if config else "a model folder brings no prompts"
+    raise ThumbsError(f"no prompts to sample: {where}", hint=PROMPTS_HINT)
+
+
+def run_feedback(config) -> tuple[list[dict] | None, str | None]:
+    """Held-out feedback of a run: data.eval when set, else the eval-split rows of data.train."""
+    if config.data.eval:
+        return heldout_feedback([config.data.eval], whole=True), config.data.eval
+    sources = [config.data.train] if isinstance(config.data.train, str) else list(config.data.train)
+    sources = [s for s in sources if not s.startswith("builtin:")]
+    rows = heldout_feedback(sources, whole=False) if sources else None
+    return (rows, ", ".join(sources)) if rows else (None, None)

@@ -88,6 +88,11 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def stop_trimmed(ids: list[int], stops: list[int]) -> list[int]:
+    """The completion without its stop token."""
+    return ids[:-1] if ids and ids[-1] in stops else ids
+
+
 def pad_id_of(tokenizer: Any, stops: list[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
 

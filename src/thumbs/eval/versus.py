@@ -60,11 +60,10 @@ def head_to_head(
     import torch
     from tqdm.auto import tqdm
 
-    from thumbs.eval.evaluation import _prompt_pool, _run_feedback, _stop_trimmed
-    from thumbs.eval.heldout import choose_prompts, prompt_text
+    from thumbs.eval.heldout import choose_prompts, prompt_pool, prompt_text, run_feedback
     from thumbs.eval.judges import make_judge
     from thumbs.eval.policy import load_policy, resolve_target
-    from thumbs.eval.sampling import generate, sample_seed, stop_ids
+    from thumbs.eval.sampling import generate, sample_seed, stop_ids, stop_trimmed
     from thumbs.folders import write_text
     from thumbs.tokenize import Encoder
 
@@ -78,8 +77,8 @@ def head_to_head(
     judge = make_judge(judge, device=device, rubric=rubric)  # a bad judge fails before any model loads
 
     run_dir, config, _ = targets[0]
-    feedback, feedback_source = _run_feedback(config) if config is not None else (None, None)
-    pool, prompt_source = _prompt_pool(prompts, feedback, feedback_source, config)
+    feedback, feedback_source = run_feedback(config) if config is not None else (None, None)
+    pool, prompt_source = prompt_pool(prompts, feedback, feedback_source, config)
     distinct, sample_prompts = choose_prompts(pool, n, seed)
     seeds = [sample_seed(seed, i) for i in range(n)]
     settings = dict(
@@ -95,7 +94,7 @@ def head_to_head(
             encoder = Encoder(tokenizer, max_length=target_config.data.max_length if target_config else 1024)
             prompt_ids = [encoder.prompt_ids(p) for p in sample_prompts]
             ids = generate(policy, tokenizer, prompt_ids, seeds, progress=bar, **settings)
-            trimmed = [_stop_trimmed(c, stops) for c in ids]
+            trimmed = [stop_trimmed(c, stops) for c in ids]
             texts.append([tokenizer.decode(c, skip_special_tokens=True) for c in trimmed])
             lengths.append(float(np.mean([len(c) for c in trimmed])))
             del policy  # one policy in memory at a time
