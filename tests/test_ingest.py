@@ -256,7 +256,7 @@ def test_the_trainer_reads_events_parquet_directly(messy):
     assert set(table.column_names) >= {"prompt", "completion", "label", "weight"}
 
 
-def test_cli_prints_the_counts_and_fails_only_when_nothing_is_read(tmp_path):
+def test_cli_prints_the_counts_and_fails_when_a_source_fails(tmp_path):
     log = write_lines(tmp_path / "c.jsonl", [vote(), "{broken"])
     runner = CliRunner(env={"COLUMNS": "200"})
     result = runner.invoke(app, ["ingest", str(log), "--out", str(tmp_path / "out")])
@@ -264,7 +264,13 @@ def test_cli_prints_the_counts_and_fails_only_when_nothing_is_read(tmp_path):
     assert "malformed_json" in result.output and "1 events" in result.output
     missing = runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o2")])
     assert missing.exit_code != 0 and "nothing could be read" in missing.output
-    partly = runner.invoke(
-        app, ["ingest", str(log), str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o3")]
+    both = [str(log), str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o3")]
+    partly = runner.invoke(app, ["ingest", *both])
+    assert (
+        partly.exit_code == 2
+        and "could not be read whole" in partly.output
+        and "--keep-going" in partly.output
     )
-    assert partly.exit_code == 0 and "not read" in partly.output
+    assert not (tmp_path / "o3").exists()
+    going = runner.invoke(app, ["ingest", *both, "--keep-going"])
+    assert going.exit_code == 0 and "not read" in going.output

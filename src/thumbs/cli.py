@@ -42,8 +42,12 @@ COMMANDS = [
 
 
 def _friendly(fn):
-    """User errors print as one clear message and exit 2, never as a traceback; other libraries'
-    progress bars and warnings the user cannot act on are silenced (``thumbs.quiet``)."""
+    """User errors print as one clear message and exit 2, never as a traceback; Ctrl-C exits 130;
+    other libraries' progress bars and warnings the user cannot act on are silenced (``thumbs.quiet``).
+
+    Ingest, audit and eval write their outputs whole or not at all, so an interrupted one leaves
+    them as they were; train saves a checkpoint first and says so.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -53,6 +57,9 @@ def _friendly(fn):
         except ThumbsError as err:
             typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("thumbs: interrupted (Ctrl-C)", fg=typer.colors.RED, err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 

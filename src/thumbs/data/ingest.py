@@ -15,6 +15,13 @@ vote read from any source gets the same id. Re-ingesting a source replaces what 
 added before; other sources' events stay. Events are stored sorted by ``event_id``, so the file
 does not depend on the order sources were ingested in.
 
+The folder is owned by one ingest at a time, and its files are replaced together: everything is
+written into a staging folder beside it and swapped in at the end (:mod:`thumbs.data.store`), so
+a failure, ``kill -9`` or Ctrl-C leaves the previous set whole. A source that cannot be read
+whole fails the run and nothing is written, unless ``keep_going``: then the run goes on, the rows
+read before the fault are ingested like any others, and the manifest marks the source
+``"status": "failed"`` with its ``error`` (a source not read at all keeps what it had before).
+
 Splits are recomputed over all events on every run. ``prompt``: a prompt's md5 puts it wholly in
 one split. ``time``: a prompt whose first vote is later than the ``1 - eval_fraction`` quantile
 of vote times is eval, wholly; prompts without times fall back to the md5 rule. The builtin
@@ -23,7 +30,7 @@ VADER sources share one prompt per corpus, so there the rated text is what is ke
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,20 +39,21 @@ from pathlib import Path
 import duckdb
 import typer
 
+from thumbs import folders
 from thumbs.data import builtin, eventlog, macros, shapes, signals, store
 from thumbs.data.sources import Source, resolve
-from thumbs.data.staging import stage
-from thumbs.data.store import read_events
+from thumbs.data.staging import Interrupts, stage
+from thumbs.data.store import print_summary, read_events
 from thumbs.errors import ThumbsError
 
-__all__ = ["ingest", "ingest_command", "read_events"]
+__all__ = ["ingest", "ingest_command", "print_summary", "read_events"]
 
 DEFAULT_MAX_ROW_BYTES = 4 << 20
 DEFAULT_EVAL_FRACTION = 0.1
 SPLIT_BY = ("prompt", "time")
 SHAPES = ("auto", "flat", "chat", "event-log")
 META_KEYS_MAX = 200  # more unmapped columns than this: meta is built by a JSON patch instead
-MEMORY_LIMIT = "1GB"  # DuckDB spills to DIR/.ingest-tmp beyond this
+MEMORY_LIMIT = "1GB"  # DuckDB spills into the staging folder beyond this
 SOURCE_OPTIONS = ("map", "format", "shape", "table", "query", "feedback", "positive_at", "negative_at")
 SOURCE_OPTIONS += ("regenerate_as_down", "retract_values")
 RUN_OPTIONS = ("split_by", "eval_fraction", "max_row_bytes")
@@ -55,55 +63,94 @@ CANDIDATES = """src_index INTEGER, source VARCHAR, file VARCHAR, row BIGINT, rea
     vote_key VARCHAR, event VARCHAR, meta VARCHAR, outcome VARCHAR, event_id VARCHAR"""
 
 
-def ingest(sources: list[str] | tuple[str, ...], out_dir: str | Path, **options) -> dict:
+def ingest(
+    sources: list[str] | tuple[str, ...], out_dir: str | Path, *, keep_going: bool = False, **options
+) -> dict:
     """Ingest ``sources`` into ``out_dir`` and return the manifest (also written as ``manifest.json``).
 
     ``options`` are the CLI's, by their Python names: ``map`` (dict or ``FIELD=COLUMN`` strings),
     ``config`` (a YAML/JSON file with these keys and a ``sources`` list of specs or dicts of
     per-source options), ``format``, ``shape``, ``table``, ``query``, ``feedback``,
     ``positive_at``, ``negative_at``, ``regenerate_as_down``, ``retract_values`` (comma-separated
-    words or a list), ``split_by``, ``eval_fraction``,
-    ``max_row_bytes``. Raises :class:`ThumbsError` for bad options, or when nothing could be read.
+    words or a list), ``split_by``, ``eval_fraction``, ``max_row_bytes``. Raises
+    :class:`ThumbsError` for bad options, when nothing could be read, or when a source could not
+    be read whole and ``keep_going`` is false; the folder is then untouched.
     """
     run, plans = _plan(list(sources), options)
-    out = Path(out_dir)
-    previous = store.read_manifest(out)
-    split_by = run.get("split_by") or previous.get("split_by") or "prompt"
-    eval_fraction = run.get("eval_fraction")
-    eval_fraction = (
-        previous.get("eval_fraction", DEFAULT_EVAL_FRACTION) if eval_fraction is None else eval_fraction
-    )
-    if split_by not in SPLIT_BY:
-        raise ThumbsError(f"--split-by {split_by}: unknown", hint=f"use one of {', '.join(SPLIT_BY)}")
-    if not 0 <= eval_fraction < 1:
-        raise ThumbsError(f"--eval-fraction {eval_fraction}: must be at least 0 and below 1")
-    max_row_bytes = int(run.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".ingest-tmp"
-    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(tmp)})
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        macros.install(con)
-        con.execute(f"CREATE TEMP TABLE cands ({CANDIDATES})")
-        entries, errors = [], []
-        for index, plan in enumerate(plans):
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise ThumbsError("a file stands where the output folder should be", file=str(out),
+                          hint="remove it or choose another --out")  # fmt: skip
+    with folders.owned(out, "thumbs ingest"), Interrupts() as interrupts:
+        store.recover(out)
+        previous = store.read_manifest(out)
+        if (out / "events.parquet").is_file():
+            store.verify_events(out)  # merged below: it must be whole
+        split_by = run.get("split_by") or previous.get("split_by") or "prompt"
+        eval_fraction = run.get("eval_fraction")
+        if eval_fraction is None:
+            eval_fraction = previous.get("eval_fraction", DEFAULT_EVAL_FRACTION)
+        if split_by not in SPLIT_BY:
+            raise ThumbsError(f"--split-by {split_by}: unknown", hint=f"use one of {', '.join(SPLIT_BY)}")
+        if not 0 <= eval_fraction < 1:
+            raise ThumbsError(f"--eval-fraction {eval_fraction}: must be at least 0 and below 1")
+        max_row_bytes = int(run.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES)
+        staged = folders.staging(out)
+        try:
+            con = duckdb.connect(
+                config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(staged / ".spill")}
+            )
             try:
-                entry = _read_source(con, index, plan, max_row_bytes)
-                if any(e["source"] == entry["source"] for e in entries):
-                    raise ThumbsError("given twice in one run", file=entry["source"])
-                entries.append(entry)
-            except ThumbsError as err:
-                errors.append({"source": str(plan["source"]), "error": err.message})
-        if sum(e["rows_in"] for e in entries) == 0:
-            found = "".join(f"\n  {e['error']}" for e in errors) or " (every source is empty)"
-            raise ThumbsError(f"nothing could be read{found}", hint="check the SOURCE arguments")
-        manifest = store.merge(con, out, entries, previous, split_by, eval_fraction)
-    finally:
-        con.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-    manifest["errors"] = errors
-    store.write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+                entries, errors = _read_all(con, plans, max_row_bytes, interrupts)
+                _check_failures(entries, errors, keep_going, out)
+                manifest = store.merge(con, out, staged, entries, previous, split_by, eval_fraction)
+            finally:
+                con.close()
+            shutil.rmtree(staged / ".spill", ignore_errors=True)
+            manifest["errors"] = errors
+            interrupts.check()
+            store.finish(staged, out, manifest)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # gone already once swapped in
     return manifest
+
+
+def _read_all(con, plans: list[dict], max_row_bytes: int, interrupts: Interrupts) -> tuple[list, list]:
+    """Each source into ``cands``: its manifest entries, and ``errors`` for the sources that failed."""
+    con.execute("SET TimeZone = 'UTC'")
+    macros.install(con)
+    con.execute(f"CREATE TEMP TABLE cands ({CANDIDATES})")
+    entries, errors = [], []
+    for index, plan in enumerate(plans):
+        try:
+            entry = _read_source(con, index, plan, max_row_bytes)
+            if any(e["source"] == entry["source"] for e in entries):
+                raise ThumbsError("given twice in one run", file=entry["source"])
+        except ThumbsError as err:
+            interrupts.check()
+            con.execute("DELETE FROM cands WHERE src_index = ?", [index])
+            errors.append({"source": str(plan["source"]), "error": err.message, "rows_read": 0})
+            continue
+        interrupts.check()
+        entries.append(entry)
+        if entry["status"] == "failed":
+            errors.append({"source": entry["source"], "error": entry["error"], "rows_read": entry["rows_in"]})
+    return entries, errors
+
+
+def _check_failures(entries: list[dict], errors: list[dict], keep_going: bool, out: Path) -> None:
+    """Nothing read is an error; so is a failed source, unless the user said to keep going."""
+    listed = "".join(f"\n  {e['source']}: {e['error']}" for e in errors)
+    if sum(e["rows_in"] for e in entries) == 0:
+        raise ThumbsError(
+            f"nothing could be read{listed or ' (every source is empty)'}", hint="check the SOURCE arguments"
+        )
+    if errors and not keep_going:
+        raise ThumbsError(
+            f"{len(errors)} source(s) could not be read whole; nothing was written, {out} is as it was{listed}",
+            hint="fix or leave out the source, or pass --keep-going to ingest the rest (the failure is recorded "
+            "in manifest.json)",
+        )
 
 
 def _plan(specs: list[str], options: dict) -> tuple[dict, list[dict]]:
@@ -167,9 +214,9 @@ def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
     scale = signals.user_scale(plan.get("positive_at"), plan.get("negative_at"))
     reading = _Reading(plan["map"], scale, bool(plan.get("regenerate_as_down")), max_row_bytes)
     reading.retract_values = signals.retract_values(plan.get("retract_values"))
-    stage(con, source, "_thumbs_staged", max_row_bytes=max_row_bytes)
+    failures = stage(con, source, "_thumbs_staged", max_row_bytes=max_row_bytes)
     if shape == "event-log" or plan.get("feedback"):
-        entry, outcome = _read_event_log(con, source, plan.get("feedback"), reading)
+        entry, outcome = _read_event_log(con, source, plan.get("feedback"), reading, failures)
     else:
         entry, outcome = _read_votes(con, source, shape, reading)
     entry |= {k: getattr(source, k) for k in ("table", "query") if getattr(source, k)}
@@ -182,6 +229,12 @@ def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
     )
     entry["rows_in"] = con.execute("SELECT count(*) FROM _thumbs_cand").fetchone()[0]
     entry["index"] = index
+    entry["status"] = "failed" if failures else "ok"
+    if failures:
+        named = [
+            f["error"] if f["file"] == entry["source"] else f"{f['file']}: {f['error']}" for f in failures
+        ]
+        entry["error"] = "; ".join(named)
     con.execute("DROP TABLE _thumbs_staged; DROP TABLE _thumbs_cand")
     return entry
 
@@ -227,14 +280,19 @@ def _read_votes(con, source: Source, shape: str, reading: _Reading) -> tuple[dic
     return entry, eventlog.outcome_sql()
 
 
-def _read_event_log(con, source: Source, feedback_spec: str | None, reading: _Reading) -> tuple[dict, str]:
-    """Generations (the staged source) joined with their feedback events → ``_thumbs_cand``."""
+def _read_event_log(
+    con, source: Source, feedback_spec: str | None, reading: _Reading, failures: list[dict]
+) -> tuple[dict, str]:
+    """Generations (the staged source) joined with their feedback events → ``_thumbs_cand``.
+
+    Files of the feedback whose reading stopped part way are added to ``failures``.
+    """
     if not feedback_spec:
         raise ThumbsError(
             "an event log needs --feedback", file=source.name, hint="name the feedback table or file"
         )
     feedback = _feedback_source(source, feedback_spec)
-    stage(con, feedback, "_thumbs_staged_fb", max_row_bytes=reading.max_row_bytes)
+    failures += stage(con, feedback, "_thumbs_staged_fb", max_row_bytes=reading.max_row_bytes)
     gens = reading.plan(con, "_thumbs_staged", "generations", source.name)
     votes = reading.plan(con, "_thumbs_staged_fb", "feedback", feedback.name)
     shapes.classify(con, "_thumbs_staged", "_thumbs_gen", gens)
@@ -305,6 +363,12 @@ def ingest_command(
     max_row_bytes: int = typer.Option(
         None, "--max-row-bytes", help=f"Larger rows are quarantined (default {DEFAULT_MAX_ROW_BYTES})."
     ),
+    keep_going: bool = typer.Option(
+        False,
+        "--keep-going",
+        help="A source that fails does not stop the run: its rows read before the fault are ingested, "
+        "and manifest.json marks it failed, with the reason.",
+    ),
 ) -> None:
     """Mine feedback logs into one clean event table; every row not kept is quarantined with a reason."""
     options = {"map": map_ or None, "config": config, "format": format_, "shape": shape, "table": table}
@@ -316,37 +380,5 @@ def ingest_command(
         "eval_fraction": eval_fraction,
     }
     started = time.perf_counter()
-    manifest = ingest(sources or [], out, **options, max_row_bytes=max_row_bytes)
+    manifest = ingest(sources or [], out, keep_going=keep_going, **options, max_row_bytes=max_row_bytes)
     print_summary(manifest, out, time.perf_counter() - started)
-
-
-def print_summary(manifest: dict, out: Path, seconds: float) -> None:
-    """The closing table: counts per source, top quarantine reasons, sources that failed."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title=f"thumbs ingest → {out}", title_justify="left")
-    for name in ("source", "in", "ok", "quarantined", "duplicate", "neutral", "top reasons"):
-        table.add_column(name, justify="left" if name in ("source", "top reasons") else "right")
-    for entry in manifest["sources"]:
-        reasons = ", ".join(f"{code} {n:,}" for code, n in list(entry["reasons"].items())[:3])
-        table.add_row(entry["source"], *(f"{entry[k]:,}" for k in store.COUNTERS), reasons or "-")
-    console.print(table)
-    for entry in manifest["sources"]:
-        if entry["rows_in"] and not entry["rows_ok"] and not entry["rows_duplicate"]:
-            top = next(iter(entry["reasons"]), "none")
-            console.print(
-                f"[yellow]{entry['source']}: no row became an event (top reason: {top}); "
-                f"see quarantine.jsonl, and map fields with --map FIELD=COLUMN[/]"
-            )
-        if entry.get("signal"):
-            console.print(
-                f"{entry['source']}: numeric votes read as {entry['signal']['scale']}: {entry['signal']['rule']}"
-            )
-    for error in manifest["errors"]:
-        console.print(f"[red]{error['source']}: not read: {error['error']}[/]")
-    console.print(
-        f"{manifest['events']:,} events (train {manifest['train']:,}, eval {manifest['eval']:,}) in {seconds:.1f}s → "
-        f"{out / 'events.parquet'}; quarantined rows → {out / 'quarantine.jsonl'}"
-    )

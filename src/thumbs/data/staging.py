@@ -13,11 +13,18 @@ already knows the row is lost (``invalid_utf8``, ``too_large``, ``malformed_row`
 Text is streamed: JSONL through a vectorised line splitter (numpy finds the newlines, Arrow
 holds the lines, DuckDB decodes and checks UTF-8), CSV and Parquet by DuckDB itself, SQLite and
 PostgreSQL in batches of rows that the database itself renders as JSON (thumbs.data.databases).
+
+A JSONL file whose reading fails part way (a truncated or corrupt gzip, a disk error) keeps every
+line decoded before the fault; :func:`stage` returns what failed, and ingest decides whether
+that stops the run (the default) or is recorded and read past (``--keep-going``).
 """
 
 from __future__ import annotations
 
 import gzip
+import signal
+import threading
+import zlib
 from collections.abc import Iterator
 
 import duckdb
@@ -36,67 +43,133 @@ CSV_REJECTS |= {"LINE SIZE OVER MAXIMUM": "too_large"}
 BATCH_SCHEMA = pa.schema([("row", pa.int64()), ("raw", pa.large_binary()), ("nbytes", pa.int64())])
 
 
-def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row_bytes: int) -> None:
-    """Create ``table`` (the staging columns above) with every row of ``source``."""
+def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row_bytes: int) -> list[dict]:
+    """Create ``table`` (the staging columns above) with every row of ``source`` that can be read.
+
+    Returns the files whose reading stopped part way, each ``{"file", "error"}``; the rows before
+    the fault are in ``table``. A file that cannot be read at all raises :class:`ThumbsError`.
+    """
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} ({STAGED_COLUMNS})")
     if source.kind == "builtin":
-        return stage_vader(con, table, BUILTINS[source.name[8:]])
+        stage_vader(con, table, BUILTINS[source.name[8:]])
+        return []
     if source.kind in ("sqlite", "postgres"):
         rows = sqlite_rows(source) if source.kind == "sqlite" else postgres_rows(source)
-        return _insert_text_batches(con, table, source.name, rows)  # its "file" names the table or query
+        _insert_text_batches(con, table, source.name, rows)  # its "file" names the table or query
+        return []
+    failures: list[dict] = []
     for path in source.files:
         kind = source.formats[path]
         if kind == "json" and _first_char(path) != "[":
             kind = "jsonl"  # a .json file of one object per line
         if kind == "jsonl":
-            _insert_text_batches(con, table, path, _line_batches(path, max_row_bytes))
+            failed: list[str] = []
+            _insert_text_batches(con, table, path, _line_batches(path, max_row_bytes, failed))
+            failures += [{"file": path, "error": error} for error in failed]
         elif kind in ("csv", "tsv"):
             _stage_csv(con, table, path, "\t" if kind == "tsv" else None, max_row_bytes)
         else:
             _stage_records(con, table, path, kind)
-    return None
+    return failures
+
+
+class Interrupts:
+    """Ctrl-C while DuckDB runs a query, or pulls rows from Python, comes back as a query error
+    (or a source that "failed"): remember the signal, so it is reported as the interruption it is."""
+
+    def __enter__(self):
+        self.hit, self.old = False, None
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.hit = True
+        signal.default_int_handler(signum, frame)
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+    def __exit__(self, kind, value, traceback):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        if kind is not None and self.hit and not issubclass(kind, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        return False
 
 
 def _open(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
 
 
+READ_FAULTS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark is not part of line 1
+
+
 def _first_char(path: str) -> str:
-    with _open(path) as handle:
-        return handle.read(4096).lstrip()[:1].decode("latin-1")
+    try:
+        with _open(path) as handle:
+            return handle.read(4096).lstrip()[:1].decode("latin-1")
+    except READ_FAULTS:
+        return ""  # read as JSONL, where the fault is reported with the rows before it
 
 
-def _line_batches(path: str, max_row_bytes: int) -> Iterator[pa.RecordBatch]:
+def _blocks(path: str, failed: list[str]) -> Iterator[bytes]:
+    """The file's bytes, about ``CHUNK_BYTES`` at a time; a fault ends them, keeping what came before.
+
+    The fault's reason goes into ``failed``. ``read1`` hands over each decoded piece as it comes,
+    so a truncated gzip gives up every byte it holds before the cut.
+    """
+    parts, size, done = [], 0, 0
+    try:
+        with _open(path) as handle:
+            while piece := handle.read1(CHUNK_BYTES):
+                parts.append(piece)
+                size += len(piece)
+                if size >= max(CHUNK_BYTES, 3 if done == 0 else 0):
+                    block = parts[0] if len(parts) == 1 else b"".join(parts)
+                    yield block[3:] if done == 0 and block.startswith(BOM) else block
+                    done, parts, size = done + size, [], 0
+    except READ_FAULTS as err:
+        damaged = isinstance(err, (EOFError, zlib.error, gzip.BadGzipFile))
+        kind = "a truncated or corrupt gzip" if damaged else "a read error"
+        failed.append(f"reading stopped after {done + size:,} bytes ({kind}: {first_line(err)})")
+    if parts:
+        block = b"".join(parts)
+        yield block[3:] if done == 0 and block.startswith(BOM) else block
+
+
+def _line_batches(path: str, max_row_bytes: int, failed: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Lines of a (gzipped) text file as Arrow batches ``row, raw, nbytes``, without a loop over lines.
 
     A line longer than ``max_row_bytes`` is not held whole: only its head is kept (its length is
-    still counted), so one absurd line cannot exhaust memory.
+    still counted), so one absurd line cannot exhaust memory. A read fault ends the lines there
+    and is described in ``failed`` (see :func:`_blocks`).
     """
     carry, line_no, overflow = b"", 1, 0  # overflow: bytes of an over-long line dropped so far
     last = b""  # the last byte dropped, to know whether an over-long line ended in \r
     keep = max(max_row_bytes, 1) + 1
-    with _open(path) as handle:
-        if handle.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte-order mark is not part of line 1
-            handle.seek(0)
-        while block := handle.read(CHUNK_BYTES):
-            data = carry + block if carry else block
-            newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-            if overflow or (len(newlines) == 0 and len(data) > keep):
-                if len(newlines) == 0:
-                    overflow += len(data) - min(len(data), keep)
-                    carry, last = data[:keep], data[-1:]
-                    continue
-                end = int(newlines[0])
-                crlf = (data[end - 1 : end] if end > len(carry) else last) == b"\r"
-                yield batch([line_no], [data[: min(end, keep)]], [end - crlf + overflow])
-                line_no, overflow = line_no + 1, 0
-                data, newlines = data[newlines[0] + 1 :], newlines[1:] - (newlines[0] + 1)
-            if len(newlines):
-                yield _split_lines(data, newlines, line_no)
-                line_no += len(newlines)
-                carry = data[newlines[-1] + 1 :]
-            else:
-                carry = data
+    for block in _blocks(path, [] if failed is None else failed):
+        data = carry + block if carry else block
+        newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        if overflow or (len(newlines) == 0 and len(data) > keep):
+            if len(newlines) == 0:
+                overflow += len(data) - min(len(data), keep)
+                carry, last = data[:keep], data[-1:]
+                continue
+            end = int(newlines[0])
+            crlf = (data[end - 1 : end] if end > len(carry) else last) == b"\r"
+            yield batch([line_no], [data[: min(end, keep)]], [end - crlf + overflow])
+            line_no, overflow = line_no + 1, 0
+            data, newlines = data[newlines[0] + 1 :], newlines[1:] - (newlines[0] + 1)
+        if len(newlines):
+            yield _split_lines(data, newlines, line_no)
+            line_no += len(newlines)
+            carry = data[newlines[-1] + 1 :]
+        else:
+            carry = data
     if carry or overflow:  # the last line has no newline
         crlf = (last if overflow else carry[-1:]) == b"\r"
         carry = carry[:-1] if crlf and not overflow else carry
