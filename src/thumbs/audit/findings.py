@@ -21,6 +21,7 @@ import typer
 from thumbs.audit.noise import estimate_flip_rate
 from thumbs.audit.voters import HEAVY_DEFAULTS, user_stats
 from thumbs.audit.weighting import check_deployment_rate, deployment_weights, paper_weights
+from thumbs.data.store import verify_events, write_output
 from thumbs.errors import ThumbsError
 
 REQUIRED = ("prompt", "completion", "label")
@@ -83,6 +84,7 @@ def _load(con: duckdb.DuckDBPyConnection, events) -> None:
                 file=where,
                 hint="run `thumbs ingest SOURCE --out DIR` first, then audit DIR",
             )
+        verify_events(path)  # whole, and the file its manifest describes: never a silent audit
         try:
             con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{_sql_text(str(path))}')")
         except duckdb.Error as err:
@@ -316,8 +318,7 @@ def audit_command(
     )
     if out is None:
         out = (directory if directory.is_dir() else directory.parent) / "audit.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_output(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if json_output:
         typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:

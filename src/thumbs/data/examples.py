@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from thumbs.data.formats import conversational, read_dataset
+from thumbs.data.store import read_parquet
 from thumbs.errors import ThumbsError
 
 UNPAIRED = ("prompt", "completion", "label")
@@ -58,9 +58,9 @@ def _read(source: str, split: str | None = None) -> pa.Table:
         path = path / "events.parquet"
     if not path.exists():
         raise ThumbsError("training data not found", file=str(path), hint="check data.train in the config")
+    if path.suffix == ".parquet":  # an ingest folder's events are checked against its manifest
+        return read_parquet(path)
     try:
-        if path.suffix == ".parquet":
-            return pq.read_table(path)
         if path.suffix in (".jsonl", ".json"):
             return _read_jsonl(path)
     except pa.ArrowInvalid as err:

@@ -76,27 +76,32 @@ def verify_events(path: str | Path) -> Path:
     if not path.is_file():
         raise ThumbsError("no events file", file=str(path), hint="run `thumbs ingest SOURCE --out DIR` first")
     manifest = read_manifest(path.parent) if path.name == "events.parquet" else {}
+    recorded = manifest.get("events_file")
+    intact = (
+        recorded is not None
+        and path.stat().st_size == recorded["bytes"]
+        and _sha256(path) == recorded["sha256"]
+    )
     try:
         rows = pq.ParquetFile(path).metadata.num_rows
     except (OSError, ValueError, pa.ArrowException) as err:
-        raise ThumbsError(
-            f"cannot read it as Parquet ({_first_line(err)})", file=str(path), hint=REINGEST
-        ) from None
-    if "events" in manifest and rows != manifest["events"]:
+        rows, unreadable = None, _first_line(err)
+    if rows is not None and "events" in manifest and rows != manifest["events"]:
         raise ThumbsError(
             f"holds {rows:,} events but manifest.json says {manifest['events']:,}: the folder disagrees with itself",
             file=str(path),
             hint=REINGEST,
         )
-    recorded = manifest.get("events_file")
-    if recorded:
-        if path.stat().st_size != recorded["bytes"] or _sha256(path) != recorded["sha256"]:
-            raise ThumbsError(
-                "is not the file ingest wrote (its size or SHA-256 differs from manifest.json): it is damaged "
-                "or was changed",
-                file=str(path),
-                hint=f"{REINGEST}; if you changed it on purpose, remove manifest.json beside it",
-            )
+    if recorded is not None and not intact:
+        raise ThumbsError(
+            "is not the file ingest wrote (its size or SHA-256 differs from manifest.json): it is damaged or was changed",
+            file=str(path),
+            hint=f"{REINGEST}; if you changed it on purpose, remove manifest.json beside it",
+        )
+    if rows is None:
+        raise ThumbsError(f"cannot read it as Parquet: damaged, or not Parquet ({unreadable})", file=str(path),
+                          hint=REINGEST)  # fmt: skip
+    if intact:
         return path
     try:  # no record to compare with: every page must at least decode
         parquet = pq.ParquetFile(path)
@@ -106,6 +111,19 @@ def verify_events(path: str | Path) -> Path:
         raise ThumbsError(f"a page cannot be read, the file is damaged ({_first_line(err)})", file=str(path),
                           hint=REINGEST) from None  # fmt: skip
     return path
+
+
+def write_output(path: str | Path, text: str) -> Path:
+    """Write a command's output file whole (``folders.write_text``), or say in one line why not."""
+    path = Path(path)
+    folders.make_dir(path.parent)
+    if path.is_dir():
+        raise ThumbsError("is a folder, not a file to write", file=str(path), hint="give a file name")
+    try:
+        return folders.write_text(path, text)
+    except OSError as err:
+        raise ThumbsError(f"cannot write the file: {err.strerror or err}", file=str(path),
+                          hint="choose a place you can write to") from None  # fmt: skip
 
 
 def _sha256(path: Path) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from thumbs.data.store import read_parquet
 from thumbs.errors import ThumbsError
 from thumbs.tokenize import as_messages, prompt_key
 
@@ -53,7 +53,7 @@ def _read_table(source: str) -> pa.Table:
             "feedback data not found", file=str(path), hint="check data.eval / data.train or --heldout"
         )
     if path.suffix == ".parquet":
-        return pq.read_table(path)
+        return read_parquet(path)
     if path.suffix in (".jsonl", ".json"):
         rows = _read_jsonl(path)
         for row in rows:  # chat prompts travel as JSON text, as in events.parquet
@@ -110,7 +110,7 @@ def read_prompts(path: Path) -> list[Any]:
             )
         prompts = [row["prompt"] for row in rows]
     elif path.suffix == ".parquet":
-        table = pq.read_table(path)
+        table = read_parquet(path)
         if "prompt" not in table.column_names:
             raise ThumbsError("no 'prompt' column", file=str(path))
         prompts = table["prompt"].to_pylist()
