@@ -323,7 +323,8 @@ def _feedback_source(source: Source, feedback: str) -> Source:
 def ingest_command(
     sources: list[str] = typer.Argument(
         None,
-        help="Files, folders, globs (.jsonl .csv .tsv .parquet, .gz too), app.db, postgresql://…, builtin:vader",
+        help="Files, folders, globs (.jsonl .csv .tsv .parquet, .gz too), app.db, postgresql://…, builtin:vader, "
+        "a datasets folder (save_to_disk) or hf:ORG/NAME (from the local cache)",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Folder for events.parquet, quarantine.jsonl, manifest.json."

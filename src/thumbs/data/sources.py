@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
+from thumbs.data.formats import hub_id, is_saved_dataset
 from thumbs.errors import ThumbsError
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
@@ -29,7 +30,7 @@ class Source:
     """One thing to read: files of one format, a SQL table or query, or a builtin dataset."""
 
     name: str  # how outputs name it (never holds a password)
-    kind: str  # jsonl | json | csv | tsv | parquet | files (several formats) | sqlite | postgres | builtin
+    kind: str  # jsonl | json | csv | tsv | parquet | files (several formats) | sqlite | postgres | builtin | dataset
     files: list[str] = field(default_factory=list)
     table: str | None = None
     query: str | None = None
@@ -60,6 +61,8 @@ def resolve(
         )
     if table or query:
         raise ThumbsError("--table/--query apply to SQLite and PostgreSQL sources", file=spec)
+    if is_saved_dataset(Path(spec)) or hub_id(spec):  # read through `datasets` (thumbs.data.formats)
+        return Source(spec, "dataset", [spec])
     files = _expand(spec)
     formats = {f: fmt or _format_of(f) for f in files}
     kinds = set(formats.values())

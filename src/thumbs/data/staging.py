@@ -53,6 +53,9 @@ def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row
     if source.kind == "builtin":
         stage_vader(con, table, BUILTINS[source.name[8:]])
         return []
+    if source.kind == "dataset":
+        _stage_dataset(con, table, source.name)
+        return []
     if source.kind in ("sqlite", "postgres"):
         rows = sqlite_rows(source) if source.kind == "sqlite" else postgres_rows(source)
         _insert_text_batches(con, table, source.name, rows)  # its "file" names the table or query
@@ -218,6 +221,23 @@ def _columns(con, relation_sql: str, params: list) -> list[str]:
 def _as_json_object(columns: list[str], skip: tuple[str, ...] = ()) -> str:
     fields = ", ".join(f"{quote_ident(c)} := {quote_ident(c)}" for c in columns if c not in skip)
     return f"to_json(struct_pack({fields}))::VARCHAR" if fields else "'{}'"
+
+
+def _stage_dataset(con, table: str, spec: str) -> None:
+    """A ``datasets`` folder or Hub id: each row (TRL's rows as votes, see formats.as_votes) as JSON."""
+    from thumbs.data.formats import as_votes, read_dataset
+
+    rows = as_votes(read_dataset(spec))
+    con.register("_thumbs_dataset", rows)
+    try:
+        body = _as_json_object(rows.column_names, ("_row",))
+        con.execute(
+            f"""INSERT INTO {table} SELECT ?, row, raw, strlen(raw), NULL
+            FROM (SELECT _row AS row, {body} AS raw FROM _thumbs_dataset)""",
+            [spec],
+        )
+    finally:
+        con.unregister("_thumbs_dataset")
 
 
 def _stage_records(con, table: str, path: str, kind: str) -> None:
