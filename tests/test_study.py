@@ -70,7 +70,7 @@ def _counting_train(monkeypatch, fail_on: int | None = None):
 
 
 def test_study_runs_resumes_without_retraining_and_states_every_budget(tmp_path, cache, monkeypatch):
-    study, out = _study(tmp_path), tmp_path / "study"
+    study, out = _study(tmp_path, kl_match=0.9), tmp_path / "study"  # KLs this close count as matched
     calls = _counting_train(monkeypatch, fail_on=3)
     with pytest.raises(KeyboardInterrupt):  # interrupted as the third cell starts
         run_study(study, out)
@@ -105,6 +105,10 @@ def test_study_runs_resumes_without_retraining_and_states_every_budget(tmp_path,
     assert saved["verdicts"] and {c["kind"] for c in saved["comparisons"]} <= {
         "exceeds", "crosses", "cannot tell apart", "no ranking"
     }  # fmt: skip
+    (versus,) = saved["head_to_head"]  # KTO's best cell against DPO's, paired on the same prompts and streams
+    assert {versus["a"].split("-")[1], versus["b"].split("-")[1]} == {"kto", "dpo"}
+    assert versus["reward_diff"]["n"] == 6 and (out / versus["file"]).exists()
+    assert versus["text"] in saved["verdicts"]
     page = (out / "study.html").read_text()
     assert "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
     assert all(c["name"] in page for c in saved["cells"])
@@ -308,3 +312,16 @@ def test_conditions_become_each_cells_own_config(tmp_path, capsys):
     assert f"thumbs ingest builtin:vader-tweets --out {out / 'data' / 'vader-tweets'}" in printed
     assert f"data.train={out / 'data' / 'vader-tweets'}" in printed
     assert not (out / "data").exists()  # --plan runs nothing
+
+
+def test_the_head_to_head_pair_is_the_best_one_at_matched_kl():
+    from thumbs.study.versus import best_matched_pair
+
+    def cell(name, kl, reward):
+        return {"name": name, "result": {"kl": {"mean": kl}, "reward": {"mean": reward}}}
+
+    kto = [cell("k1", 2.0, 0.5), cell("k2", 6.0, 0.9)]
+    dpo = [cell("d1", 2.2, 0.6), cell("d2", 5.5, 0.7), cell("d3", 30.0, 2.0)]
+    x, y = best_matched_pair(kto, dpo, kl_match=0.25)
+    assert (x["name"], y["name"]) == ("k2", "d2")  # d3's reward is higher, but at five times the KL
+    assert best_matched_pair(kto[:1], dpo[2:], kl_match=0.25) is None

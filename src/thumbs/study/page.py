@@ -111,6 +111,22 @@ def _comparisons(result: dict) -> str:
     return "".join(parts)
 
 
+def _head_to_heads(result: dict) -> str:
+    items = result.get("head_to_head") or []
+    if not items:
+        return "<p class='note'>No two methods have cells within the KL tolerance of each other.</p>"
+    rows = []
+    for h in items:
+        if "error" in h:
+            rows.append(f"<li>{esc(h['a'])} against {esc(h['b'])}: failed ({esc(h['error'])})</li>")
+        else:
+            rows.append(f"<li>{esc(h['text'])} <span class='meta'>({esc(h['file'])})</span></li>")
+    return (
+        "<p class='note'>The best cell of each method at matched KL, sampled again on the same prompts with the "
+        f"same random streams, so the difference is paired.</p><ul>{''.join(rows)}</ul>"
+    )
+
+
 def render(result: dict) -> str:
     verdicts = "".join(f"<li>{esc(text)}</li>" for text in result["verdicts"]) or (
         "<li>No two lines have evaluated cells to compare.</li>"
@@ -139,6 +155,8 @@ def render(result: dict) -> str:
         "standard error both ways; hollow: the reference at KL 0. Up and to the left is reward bought cheaply.</p>",
         "<h2>Cells</h2>",
         _cell_rows(result),
+        "<h2>Head to head at matched KL</h2>",
+        _head_to_heads(result),
         "<h2>Matched comparisons</h2>",
         _comparisons(result) or "<p class='note'>None.</p>",
         "<details><summary>study.json</summary><pre>"

@@ -167,7 +167,7 @@ def comparisons(records: list[dict], kl_match: float) -> dict:
         if not la["frontier"] or not lb["frontier"]:
             continue
         verdict = compare(la["label"], la["frontier"], lb["label"], lb["frontier"], kl_match=kl_match)
-        results.append(verdict | {"condition": a[0]})
+        results.append(verdict | {"condition": a[0], "lines": [list(a), list(b)]})
     return {
         "lines": [
             {k: v for k, v in entry.items() if k != "points"}

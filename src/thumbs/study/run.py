@@ -9,7 +9,8 @@ A cell with ``final/`` and a matching ``eval.json`` is reused; one with checkpoi
 folder made by another study (a differing config) stops the study before it trains anything. A
 cell whose training or evaluation fails is recorded with its error, the others go on, and the
 command exits 1 at the end. ``--plan`` prints the commands instead, so cells can run anywhere
-(a job array, another machine) and a later ``thumbs study`` only gathers what they wrote.
+(a job array, another machine) and a later ``thumbs study`` only gathers what they wrote (and
+runs the head-to-heads between methods at matched KL, ``thumbs.study.versus``).
 """
 
 from __future__ import annotations
@@ -183,27 +184,28 @@ def run_study(study: str | Path, out: str | Path, *, plan: bool = False, say=pri
         if plan:
             lines = ingests + [line for cell in cell_list for line in commands(spec, cell, out)]
             lines.append(
-                f"thumbs study {shlex.quote(str(study))} -o {shlex.quote(str(out))}   # gathers the cells"
+                f"thumbs study {shlex.quote(str(study))} -o {shlex.quote(str(out))}"
+                "   # gathers the cells, then runs the head-to-heads at matched KL"
             )
             print("\n".join(lines))
             return {"plan": lines}
         started = time.perf_counter()
         records = [run_cell(spec, cell, out, say) for cell in cell_list]
-        result = gather(spec, records, out, study, minutes=(time.perf_counter() - started) / 60)
+        result = gather(spec, records, out, study, started=started, say=say)
     return result
 
 
-def gather(spec: StudySpec, records: list[dict], out: Path, study, *, minutes: float | None = None) -> dict:
-    """study.json and study.html from the cells' records."""
+def gather(spec: StudySpec, records: list[dict], out: Path, study, *, started: float, say=print) -> dict:
+    """study.json and study.html from the cells' records, with the head-to-heads at matched KL."""
     from thumbs.folders import write_text
     from thumbs.study.page import render
     from thumbs.study.record import comparisons
+    from thumbs.study.versus import head_to_heads
 
     budget = spec.budget.model_dump(exclude_none=True)
     result = {
         "study": str(study),
         "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "minutes": round(minutes, 2) if minutes is not None else None,
         "budget": budget | {"stated": _budget_sentence(spec, records)},
         "eval": spec.eval.model_dump(),
         "kl_match": spec.kl_match,
@@ -211,6 +213,9 @@ def gather(spec: StudySpec, records: list[dict], out: Path, study, *, minutes: f
         "failed": [r["name"] for r in records if r["status"] == "failed"],
     }
     result |= comparisons(records, spec.kl_match)
+    result["head_to_head"] = head_to_heads(spec, records, result["comparisons"], out, say)
+    result["verdicts"] += [h["text"] for h in result["head_to_head"] if "text" in h]
+    result["minutes"] = round((time.perf_counter() - started) / 60, 2)
     write_text(out / "study.json", json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
     write_text(out / "study.html", render(result))
     return result
