@@ -1,4 +1,4 @@
-"""TRL as a test oracle: run its KTO and DPO loss code on log-probabilities we choose.
+"""TRL as a test oracle: run its KTO, DPO (and their APO-zero, BCO-pair) loss code on log-probabilities we choose.
 
 TRL 1.16 computes its losses inside ``_compute_loss``, from a model's per-token log-probs. We call
 that method on a trainer shell holding only the attributes it reads, with a stand-in model whose
@@ -74,33 +74,64 @@ def trl_kto_loss(
     return float(trainer._compute_loss(model, inputs, return_outputs=False))
 
 
+def _trl_dpo(chosen, rejected, ref_chosen, ref_rejected, *, beta, loss_type, label_smoothing=0.0) -> float:
+    """TRL's DPO ``_compute_loss`` with one ``loss_type`` on one batch of pairs."""
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    n = len(chosen)
+    model = _LogpsModel({i: float(v) for i, v in enumerate(list(chosen) + list(rejected))})
+    trainer = _shell(
+        DPOTrainer, model=model, beta=beta, label_smoothing=label_smoothing, loss_types=[loss_type],
+        loss_weights=[1.0], precompute_ref_logps=True, ld_alpha=None, f_divergence_type="reverse_kl",
+        use_weighting=False, args=SimpleNamespace(),
+    )  # fmt: skip
+    inputs = {
+        "input_ids": torch.tensor([[i, 0] for i in range(2 * n)]),
+        "attention_mask": torch.ones(2 * n, 2, dtype=torch.long),
+        "completion_mask": torch.tensor([[0, 1]] * (2 * n)),
+        "ref_chosen_logps": torch.as_tensor(ref_chosen, dtype=torch.float32),
+        "ref_rejected_logps": torch.as_tensor(ref_rejected, dtype=torch.float32),
+    }
+    return float(trainer._compute_loss(model, inputs, return_outputs=False))
+
+
 def trl_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, *, beta, label_smoothing=0.0) -> float:
     """TRL's DPO loss. ``sigmoid`` for label_smoothing 0; with smoothing TRL 1.16's sigmoid ignores it,
     so conservative DPO is checked against ``aot_unpaired`` on one pair at a time, where sorting is
     the identity and its formula is -(1-ε)·logσ(βh) - ε·logσ(-βh)."""
-    from trl.trainer.dpo_trainer import DPOTrainer
-
-    def one(cs, rs, rcs, rrs, loss_type):
-        n = len(cs)
-        model = _LogpsModel({i: float(v) for i, v in enumerate(list(cs) + list(rs))})
-        trainer = _shell(
-            DPOTrainer, model=model, beta=beta, label_smoothing=label_smoothing, loss_types=[loss_type],
-            loss_weights=[1.0], precompute_ref_logps=True, ld_alpha=None, f_divergence_type="reverse_kl",
-            use_weighting=False, args=SimpleNamespace(),
-        )  # fmt: skip
-        inputs = {
-            "input_ids": torch.tensor([[i, 0] for i in range(2 * n)]),
-            "attention_mask": torch.ones(2 * n, 2, dtype=torch.long),
-            "completion_mask": torch.tensor([[0, 1]] * (2 * n)),
-            "ref_chosen_logps": torch.as_tensor(rcs, dtype=torch.float32),
-            "ref_rejected_logps": torch.as_tensor(rrs, dtype=torch.float32),
-        }
-        return float(trainer._compute_loss(model, inputs, return_outputs=False))
-
     if label_smoothing == 0:
-        return one(chosen, rejected, ref_chosen, ref_rejected, "sigmoid")
+        return _trl_dpo(chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type="sigmoid")
     per_pair = [
-        one([c], [r], [rc], [rr], "aot_unpaired")
+        _trl_dpo([c], [r], [rc], [rr], beta=beta, loss_type="aot_unpaired", label_smoothing=label_smoothing)
         for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)
     ]
     return sum(per_pair) / len(per_pair)
+
+
+def trl_bco_pair_losses(chosen, rejected, ref_chosen, ref_rejected, *, beta) -> list[float]:
+    """TRL 1.16's DPO ``bco_pair`` loss of each pair, −logσ(β r_w) − logσ(−β r_l): BCO's two terms
+    on a pair, without the reward shift (TRL 1.16 no longer ships unpaired BCO)."""
+    return [
+        _trl_dpo([c], [r], [rc], [rr], beta=beta, loss_type="bco_pair")
+        for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)
+    ]
+
+
+def trl_apo_zero_unpaired_loss(policy, ref, labels, *, beta, desirable_weight, undesirable_weight) -> float:
+    """TRL's KTO trainer with loss_type='apo_zero_unpaired' (no KL pass) for one batch: the mean loss."""
+    from trl.trainer.kto_trainer import KTOTrainer
+
+    n = len(labels)
+    model = _LogpsModel({i: float(policy[i]) for i in range(n)})
+    trainer = _shell(
+        KTOTrainer, model=model, beta=beta, loss_type="apo_zero_unpaired", desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight, precompute_ref_logps=True, calculate_KL=False,
+    )  # fmt: skip
+    inputs = {
+        "input_ids": torch.tensor([[i, 0] for i in range(n)]),
+        "attention_mask": torch.ones(n, 2, dtype=torch.long),
+        "completion_mask": torch.tensor([[0, 1]] * n),
+        "label": torch.as_tensor(labels, dtype=torch.bool),
+        "ref_logps": torch.as_tensor(ref, dtype=torch.float32),
+    }
+    return float(trainer._compute_loss(model, inputs, return_outputs=False))

@@ -88,6 +88,31 @@ class KTOConfig(Strict):
         return value
 
 
+class ClassWeightedConfig(Strict):
+    """β and class weights of an unpaired loss on β·log(π/π_ref); ``auto`` weights follow KTO's
+    rule (λ_D·n_D / (λ_U·n_U) in [1, 4/3]) from the class counts, as for ``kto``."""
+
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: Union[float, Auto] = 1.0
+    undesirable_weight: Union[float, Auto] = 1.0
+
+    @field_validator("desirable_weight", "undesirable_weight")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value <= 0:
+            raise ValueError("must be a positive number or 'auto'")
+        return value
+
+
+class BCOConfig(ClassWeightedConfig):
+    """Binary Classifier Optimization (Jung et al. 2024): the reward shift δ is the running mean of
+    every implied reward, kept by the run (checkpointed); no density-ratio (UDM) weights."""
+
+
+class APOZeroConfig(ClassWeightedConfig):
+    """APO-zero, unpaired (D'Oosterlinck et al. 2024): each completion anchored to the reference."""
+
+
 class DPOConfig(Strict):
     beta: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
@@ -123,12 +148,14 @@ class TrainConfig(Strict):
 
 
 class Config(Strict):
-    method: Literal["kto", "dpo", "sft"] = "kto"
+    method: Literal["kto", "dpo", "sft", "bco", "apo_zero"] = "kto"
     output_dir: str = "runs/run"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     kto: KTOConfig = Field(default_factory=KTOConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    bco: BCOConfig = Field(default_factory=BCOConfig)
+    apo_zero: APOZeroConfig = Field(default_factory=APOZeroConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     def to_yaml(self) -> str:

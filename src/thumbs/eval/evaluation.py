@@ -47,7 +47,8 @@ def _beta(config, beta: float | None) -> float:
         return beta
     if config is None:
         return 0.1
-    return config.dpo.beta if config.method == "dpo" else config.kto.beta
+    section = getattr(config, config.method, None)  # kto, dpo, bco, apo_zero; SFT has no β: KTO's
+    return section.beta if hasattr(section, "beta") else config.kto.beta
 
 
 def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: int) -> dict:

@@ -148,7 +148,8 @@ def headline(run: Run) -> dict[str, str]:
     config, ev = run.config, run.eval or {}
     method = config.get("method", "?")
     lora = (config.get("model") or {}).get("lora") or {}
-    beta = (config.get(method) or {}).get("beta") if method in ("kto", "dpo") else None
+    section = config.get(method)  # the method's own section: kto, dpo, bco, apo_zero (SFT has none)
+    beta = section.get("beta") if isinstance(section, dict) else None
     last = run.metrics[-1] if run.metrics else {}
     row = {
         "run": run.name,

@@ -60,7 +60,9 @@ def _optimizer_state(model, optimizer) -> dict | None:
     return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, accelerator, keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, optimizer, scheduler, accelerator, keep: int, method_state=None
+) -> Path:
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
@@ -72,6 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, accel
     weights, moments = gathered_state(model), _optimizer_state(model, _inner(optimizer))
     if accelerator.is_main_process:
         state = {"step": step, "model": weights, "optimizer": moments, "scheduler": scheduler.state_dict()}
+        state["method"] = method_state.state_dict() if method_state is not None else None
         torch.save(state, tmp / "state.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -92,8 +95,8 @@ def complete_checkpoints(run_dir: Path) -> list[int]:
     return sorted(steps)
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator) -> int:
-    """Restore the latest complete checkpoint; returns its step (0 when there is none)."""
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator, method_state=None) -> int:
+    """Restore the latest complete checkpoint (and the method's state); returns its step (0 when none)."""
     steps = complete_checkpoints(run_dir)
     if not steps:
         return 0
@@ -112,6 +115,10 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator) -> 
     if state["optimizer"] is not None:
         set_optimizer_state_dict(model, _inner(optimizer), state["optimizer"], options=_options())
     scheduler.load_state_dict(state["scheduler"])
+    if method_state is not None:
+        if state.get("method") is None:  # BCO's δ cannot be rebuilt: it is the mean of every reward seen
+            raise RuntimeError(f"checkpoint {path} holds no method state (was it written by another method?)")
+        method_state.load_state_dict(state["method"])
     rng = path / f"rng-{accelerator.process_index}.pt"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=False))

@@ -1,4 +1,4 @@
-"""One training loop for every method (KTO, DPO, SFT), read top to bottom: setup → loop → save.
+"""One training loop for every method (KTO, DPO, SFT, BCO, APO-zero), read top to bottom: setup → loop → save.
 
 A method (``thumbs.train.methods``) says which sequences an example needs and how its loss reads
 their log-probs; everything else is here and shared. What comes before the first step lives in
@@ -43,6 +43,7 @@ class Run:
     total_steps: int
     start: int  # the step resumed from (0 for a new run)
     layout: str  # Accelerate's distributed type as the run started: NO, MULTI_CPU, MULTI_GPU, FSDP
+    state: Any = None  # the method's state (BCO's reward shift), checkpointed; None for most methods
 
     @property
     def main(self) -> bool:
@@ -164,7 +165,8 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     )
     wrapped, optimizer = accelerator.prepare(CompletionLogps(model, cfg.train.logps_chunk_size), optimizer)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP2 put shards in their place
-    start = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator) if resume else 0
+    state = method.state() if method.state else None
+    start = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator, state) if resume else 0
     if main:
         (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         truncate_metrics(run_dir / "metrics.jsonl", start)
@@ -175,7 +177,7 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     )
     return Run(
         cfg, accelerator, run_dir, method, items, ref, tokenizer, source, model, wrapped, trainable,
-        optimizer, scheduler, per_epoch, total_steps, start, kind,
+        optimizer, scheduler, per_epoch, total_steps, start, kind, state,
     )  # fmt: skip
 
 
@@ -205,9 +207,11 @@ def loop(run: Run) -> None:
         run.scheduler,
         run.accelerator,
         cfg.train.save_total_limit,
+        run.state,
     )
     run.model.train()
     step = run.start
+    kept = run.state.state_dict() if run.state else None  # the method state as of `step`, for Ctrl-C
     try:
         while step < run.total_steps:
             adjust_threads()  # as many threads as there are free cores (thumbs.cores)
@@ -215,6 +219,7 @@ def loop(run: Run) -> None:
                 run, [order(step * cfg.train.grad_accum + a) for a in range(cfg.train.grad_accum)], tally
             )
             step += 1
+            kept = run.state.state_dict() if run.state else None
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == run.total_steps:
                 record = tally.record(
@@ -229,6 +234,8 @@ def loop(run: Run) -> None:
                 checkpoint(step)
     except KeyboardInterrupt:
         bar.close()
+        if run.state:  # undo the interrupted step's microbatches: the checkpoint is of `step`
+            run.state.load_state_dict(kept)
         run.optimizer.zero_grad(set_to_none=True)
         run.say(f"\nthumbs: interrupted; saved {checkpoint(step)}. Continue with --resume.")
         raise
@@ -251,7 +258,7 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> None:
             with_grad, tokens, real_tokens = forward(run, method.grad_roles, index)
             policy.update(with_grad)
             ref = {r: run.ref[r][index].to(accelerator.device) for r in method.ref_roles}
-            losses, metrics = method.loss(policy, tokens, ref, label, cfg, _all_reduce(world))
+            losses, metrics = method.loss(policy, tokens, ref, label, cfg, _all_reduce(world), run.state)
             # mean over the accumulated global batch; DDP averages gradients over processes
             accelerator.backward((losses * weight).sum() * world / examples)
         tally.microbatch(metrics, losses * weight, real_tokens)
@@ -348,7 +355,7 @@ def train_command(
     ),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (Accelerate/torch.distributed)."),
 ):
-    """Train with KTO, DPO or SFT from a config."""
+    """Train with KTO, DPO, BCO, APO-zero or SFT from a config."""
     overrides = list(set_) + ([f"output_dir={output_dir}"] if output_dir else [])
     cfg = load_config(config, overrides)
     if resume and (Path(cfg.output_dir) / "config.yaml").exists():

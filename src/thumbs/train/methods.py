@@ -3,6 +3,11 @@
 The loop (``thumbs.train.loop``) is shared: it forwards the ``grad_roles`` sequences with gradient in
 one pass, the ``nograd_roles`` without, reads precomputed reference log-probs for ``ref_roles``,
 and hands everything to ``loss``. Adding a method is adding one ``Method`` here.
+
+A method that carries state from step to step (BCO's reward shift δ) names a ``state`` factory:
+the loop makes one object per run and hands it to ``loss``, which updates it (collectives go
+through ``all_reduce``, so every process holds the same state); checkpoints save its
+``state_dict()`` and resume restores it with ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ import torch
 
 from thumbs.errors import ThumbsError
 from thumbs.tokenize import Encoder, sequence
-from thumbs.train.losses import dpo_loss, kl_reference_point, kto_loss, sft_loss
+from thumbs.train.losses import (
+    apo_zero_loss,
+    bco_loss,
+    dpo_loss,
+    kl_reference_point,
+    kto_loss,
+    reward_shift,
+    sft_loss,
+)
 
 
 @dataclass
@@ -41,8 +54,27 @@ class Method:
     grad_roles: tuple[str, ...]
     nograd_roles: tuple[str, ...]
     ref_roles: tuple[str, ...]
-    # loss(policy, tokens, ref, label, cfg, all_reduce) -> (losses [B], metric sums)
+    # loss(policy, tokens, ref, label, cfg, all_reduce, state) -> (losses [B], metric sums)
     loss: Callable
+    state: Callable | None = None  # makes the run's method state (state_dict/load_state_dict), if any
+
+
+class RewardShift:
+    """BCO's δ as method state: the (sum, count) of every implied reward seen, over all processes."""
+
+    def __init__(self):
+        self.totals = torch.zeros(2, dtype=torch.float64)
+
+    def update(self, rewards: torch.Tensor, all_reduce=None) -> torch.Tensor:
+        """Add this microbatch's rewards; returns the new δ."""
+        delta, self.totals = reward_shift(rewards, self.totals, all_reduce=all_reduce)
+        return delta
+
+    def state_dict(self) -> dict:
+        return {"reward_sum": float(self.totals[0]), "reward_count": float(self.totals[1])}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.totals = torch.tensor([state["reward_sum"], state["reward_count"]], dtype=torch.float64)
 
 
 def kl_partners(prompts: list[str], completions: list[str], seed: int) -> list[int]:
@@ -78,7 +110,7 @@ def kl_partners(prompts: list[str], completions: list[str], seed: int) -> list[i
     return partner
 
 
-def _kto_loss(policy, tokens, ref, label, cfg, all_reduce):
+def _kto_loss(policy, tokens, ref, label, cfg, all_reduce, state):
     z0 = kl_reference_point(policy["kl"], ref["kl"], all_reduce=all_reduce)
     losses, rewards = kto_loss(
         policy["target"],
@@ -89,19 +121,50 @@ def _kto_loss(policy, tokens, ref, label, cfg, all_reduce):
         desirable_weight=cfg.kto.desirable_weight,
         undesirable_weight=cfg.kto.undesirable_weight,
     )
-    metrics = {
-        "kl": z0,
+    return losses, {"kl": z0, **_class_metrics(policy["target"], rewards, label)}
+
+
+def _class_metrics(policy_logps, rewards, label) -> dict:
+    """Sums of rewards and log-probs per class, as every thumbs method logs them."""
+    return {
         "rewards/desirable_sum": rewards[label].sum(),
         "rewards/desirable_count": label.sum().float(),
         "rewards/undesirable_sum": rewards[~label].sum(),
         "rewards/undesirable_count": (~label).sum().float(),
-        "logps/desirable_sum": policy["target"].detach()[label].sum(),
-        "logps/undesirable_sum": policy["target"].detach()[~label].sum(),
+        "logps/desirable_sum": policy_logps.detach()[label].sum(),
+        "logps/undesirable_sum": policy_logps.detach()[~label].sum(),
     }
-    return losses, metrics
 
 
-def _dpo_loss(policy, tokens, ref, label, cfg, all_reduce):
+def _bco_loss(policy, tokens, ref, label, cfg, all_reduce, state):
+    beta = cfg.bco.beta
+    delta = state.update(beta * (policy["target"] - ref["target"]).detach(), all_reduce)
+    losses, rewards = bco_loss(
+        policy["target"],
+        ref["target"],
+        label,
+        delta,
+        beta=beta,
+        desirable_weight=cfg.bco.desirable_weight,
+        undesirable_weight=cfg.bco.undesirable_weight,
+    )
+    shift = {"reward_shift_sum": delta, "reward_shift_count": torch.ones((), device=delta.device)}
+    return losses, {**_class_metrics(policy["target"], rewards, label), **shift}
+
+
+def _apo_zero_loss(policy, tokens, ref, label, cfg, all_reduce, state):
+    losses, rewards = apo_zero_loss(
+        policy["target"],
+        ref["target"],
+        label,
+        beta=cfg.apo_zero.beta,
+        desirable_weight=cfg.apo_zero.desirable_weight,
+        undesirable_weight=cfg.apo_zero.undesirable_weight,
+    )
+    return losses, _class_metrics(policy["target"], rewards, label)
+
+
+def _dpo_loss(policy, tokens, ref, label, cfg, all_reduce, state):
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         policy["chosen"],
         policy["rejected"],
@@ -119,7 +182,7 @@ def _dpo_loss(policy, tokens, ref, label, cfg, all_reduce):
     return losses, metrics
 
 
-def _sft_loss(policy, tokens, ref, label, cfg, all_reduce):
+def _sft_loss(policy, tokens, ref, label, cfg, all_reduce, state):
     losses = sft_loss(policy["target"], tokens["target"])
     return losses, {"nll_sum": losses.detach().sum(), "nll_count": torch.tensor(float(len(losses)))}
 
@@ -136,6 +199,17 @@ METHODS = {
         loss=_dpo_loss,
     ),
     "sft": Method("sft", grad_roles=("target",), nograd_roles=(), ref_roles=(), loss=_sft_loss),
+    "bco": Method(
+        "bco",
+        grad_roles=("target",),
+        nograd_roles=(),
+        ref_roles=("target",),
+        loss=_bco_loss,
+        state=RewardShift,
+    ),
+    "apo_zero": Method(
+        "apo_zero", grad_roles=("target",), nograd_roles=(), ref_roles=("target",), loss=_apo_zero_loss
+    ),
 }
 
 

@@ -57,8 +57,11 @@ class Tally:
 
 def _method_metrics(method: str, totals: dict, kl: float) -> dict:
     record = {}
-    if method == "kto":
-        record["kl"] = kl
+    if method in ("kto", "bco", "apo_zero"):  # the unpaired methods: rewards per class
+        if method == "kto":
+            record["kl"] = kl
+        if totals.get("reward_shift_count"):  # BCO's δ, the mean over the interval's microbatches
+            record["reward_shift"] = totals["reward_shift_sum"] / totals["reward_shift_count"]
         for cls in ("desirable", "undesirable"):
             if totals[f"rewards/{cls}_count"]:
                 record[f"rewards/{cls}"] = totals[f"rewards/{cls}_sum"] / totals[f"rewards/{cls}_count"]

@@ -78,7 +78,7 @@ def training_table(cfg: Config):
         table = feedback_from_pairs(table)
     if cfg.method == "sft":
         table = table.filter(table["label"])
-    if cfg.method in ("kto", "sft"):
+    if cfg.method in ("kto", "sft", "bco", "apo_zero"):
         n_desirable = pc.sum(table["label"]).as_py() or 0
         summary["desirable"], summary["undesirable"] = n_desirable, table.num_rows - n_desirable
     summary["examples"] = table.num_rows
@@ -88,16 +88,19 @@ def training_table(cfg: Config):
 
 
 def class_weights(cfg: Config, summary: dict, say=print) -> None:
-    """Resolve ``auto`` KTO class weights by the paper's rule from the class counts (logged with ``say``)."""
-    if cfg.method != "kto":
+    """Resolve ``auto`` class weights (KTO, BCO, APO-zero: the method's config section) by KTO's
+    paper rule from the class counts (logged with ``say``)."""
+    section = getattr(cfg, cfg.method, None)
+    if not hasattr(section, "desirable_weight"):
         return
     n_d, n_u = summary["desirable"], summary["undesirable"]
-    auto = [k for k in ("desirable_weight", "undesirable_weight") if getattr(cfg.kto, k) == "auto"]
+    auto = [k for k in ("desirable_weight", "undesirable_weight") if getattr(section, k) == "auto"]
     if auto and (n_d == 0 or n_u == 0):
         empty = "thumbs-up" if n_d == 0 else "thumbs-down"
         raise ThumbsError(
             f"class weights are 'auto' but the data has no {empty} examples ({n_d} up, {n_u} down)",
-            hint="give numeric kto.desirable_weight / kto.undesirable_weight, or add examples of both classes",
+            hint=f"give numeric {cfg.method}.desirable_weight / {cfg.method}.undesirable_weight, "
+            "or add examples of both classes",
         )
     if auto:
         from thumbs.audit.weighting import recommended_class_weights
@@ -105,16 +108,16 @@ def class_weights(cfg: Config, summary: dict, say=print) -> None:
         lam_d, lam_u = recommended_class_weights(n_d, n_u, cfg.data.deployment_positive_rate)
         # one weight given: keep the recommended ratio λ_D/λ_U, scaled by the given weight
         if auto == ["desirable_weight"]:
-            lam_d, lam_u = cfg.kto.undesirable_weight * lam_d / lam_u, cfg.kto.undesirable_weight
+            lam_d, lam_u = section.undesirable_weight * lam_d / lam_u, section.undesirable_weight
         elif auto == ["undesirable_weight"]:
-            lam_d, lam_u = cfg.kto.desirable_weight, cfg.kto.desirable_weight * lam_u / lam_d
-        cfg.kto.desirable_weight, cfg.kto.undesirable_weight = lam_d, lam_u
+            lam_d, lam_u = section.desirable_weight, section.desirable_weight * lam_u / lam_d
+        section.desirable_weight, section.undesirable_weight = lam_d, lam_u
     summary["class_weights"] = {
-        "desirable": cfg.kto.desirable_weight,
-        "undesirable": cfg.kto.undesirable_weight,
+        "desirable": section.desirable_weight,
+        "undesirable": section.undesirable_weight,
     }
     if n_d and n_u:
-        ratio = cfg.kto.desirable_weight * n_d / (cfg.kto.undesirable_weight * n_u)
+        ratio = section.desirable_weight * n_d / (section.undesirable_weight * n_u)
         summary["class_weights"]["weighted_ratio"] = ratio
         if not 1 <= ratio <= 4 / 3:
             say(
