@@ -1,5 +1,5 @@
 """BCO and APO-zero in the shared loop: they learn, BCO's reward shift δ survives a resume and two
-processes, and eval and the report name the method and its β."""
+processes, and eval, the report and the model card name the method and its β."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def test_method_learns_a_reward_that_separates_held_out_feedback(tmp_path, metho
     )
     assert ("reward_shift" in record) == (method == "bco")
     assert "kl" not in record  # no mismatched pass
+    card = (run / "final" / "README.md").read_text()
+    assert f"method: `{method}`, β = 0.1" in card and "class weights λ_D" in card
     tokenizer = load_tokenizer(str(run / "final"))
     policy, reference = load_model(str(run / "final")), load_model(cfg.model.name_or_path)
     encoder = Encoder(tokenizer, 96)

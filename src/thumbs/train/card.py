@@ -18,6 +18,8 @@ METHOD_NAMES = {
     "kto": "KTO (Kahneman-Tversky Optimization, Ethayarajh et al. 2024)",
     "dpo": "DPO (Direct Preference Optimization, Rafailov et al. 2023)",
     "sft": "SFT on the thumbs-up examples",
+    "bco": "BCO (Binary Classifier Optimization, Jung et al. 2024)",
+    "apo_zero": "APO-zero, unpaired (Anchored Preference Optimization, D'Oosterlinck et al. 2024)",
 }
 
 
@@ -102,10 +104,11 @@ def render(run_dir: Path, cfg, evaluation: dict | None = None) -> str:
 
 
 def _method(cfg) -> list[str]:
-    if cfg.method == "kto":
-        k = cfg.kto
+    if cfg.method in ("kto", "bco", "apo_zero"):
+        k = getattr(cfg, cfg.method)
+        shift = " (reward shift δ: the running mean of every implied reward)" if cfg.method == "bco" else ""
         return [
-            f"- method: `kto`, β = {k.beta}",
+            f"- method: `{cfg.method}`, β = {k.beta}{shift}",
             f"- class weights: λ_D = {_num(k.desirable_weight)}, λ_U = {_num(k.undesirable_weight)}",
         ]
     if cfg.method == "dpo":
@@ -145,7 +148,11 @@ def _remedies(cfg, summary: dict) -> list[str]:
     options = summary.get("feedback_options") or {}
     found = []
     weights = summary.get("class_weights")
-    if cfg.method == "kto" and weights and (weights["desirable"], weights["undesirable"]) != (1.0, 1.0):
+    if (
+        cfg.method in ("kto", "bco", "apo_zero")
+        and weights
+        and (weights["desirable"], weights["undesirable"]) != (1.0, 1.0)
+    ):
         ratio = weights.get("weighted_ratio")
         found.append(
             f"class weights λ_D = {_num(weights['desirable'])}, λ_U = {_num(weights['undesirable'])}"
