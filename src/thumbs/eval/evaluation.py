@@ -28,6 +28,7 @@ Both models sample n completions for the same prompts with the same random strea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -36,8 +37,10 @@ from typing import Any
 import typer
 
 from thumbs import show
+from thumbs.data.store import write_output
 from thumbs.errors import ThumbsError
 from thumbs.eval.metrics import mean_stderr, paired_difference, roc_auc, win_rate
+from thumbs.folders import owned
 
 SAMPLES_KEPT = 6  # sample completions written to eval.json for the report
 
@@ -110,7 +113,7 @@ def evaluate(
 
     from thumbs.eval.divergence import kl_along_samples
     from thumbs.eval.heldout import choose_prompts, heldout_feedback, prompt_pool, prompt_text, run_feedback
-    from thumbs.eval.judges import make_judge
+    from thumbs.eval.judges import checked_scores, make_judge
     from thumbs.eval.policy import load_models, resolve_target
     from thumbs.eval.sampling import generate, pad_id_of, sample_seed, stop_ids, stop_trimmed
     from thumbs.tokenize import Encoder
@@ -122,118 +125,125 @@ def evaluate(
     started = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     run_dir, config, model_path = resolve_target(run_dir_or_model)
-    judge = make_judge(judge, device=device, rubric=rubric)  # a bad judge fails before any model loads
+    with owned(run_dir, "thumbs eval") if run_dir is not None else contextlib.nullcontext():
+        judge = make_judge(judge, device=device, rubric=rubric)  # a bad judge fails before any model loads
 
-    feedback, feedback_source = None, None
-    if heldout is not None:
-        feedback, feedback_source = heldout_feedback([heldout], whole=True), heldout
-    elif config is not None:
-        feedback, feedback_source = run_feedback(config)
-    if feedback is not None and len(feedback) > max_heldout:
-        keep = np.sort(np.random.default_rng(seed).choice(len(feedback), max_heldout, replace=False))
-        feedback = [feedback[i] for i in keep]
+        feedback, feedback_source = None, None
+        if heldout is not None:
+            feedback, feedback_source = heldout_feedback([heldout], whole=True), heldout
+        elif config is not None:
+            feedback, feedback_source = run_feedback(config)
+        if feedback is not None and len(feedback) > max_heldout:
+            keep = np.sort(np.random.default_rng(seed).choice(len(feedback), max_heldout, replace=False))
+            feedback = [feedback[i] for i in keep]
 
-    prompt_pool, prompt_source = prompt_pool(prompts, feedback, feedback_source, config)
-    distinct, sample_prompts = choose_prompts(prompt_pool, n, seed)
+        prompt_pool, prompt_source = prompt_pool(prompts, feedback, feedback_source, config)
+        distinct, sample_prompts = choose_prompts(prompt_pool, n, seed)
 
-    default_reference = config.model.name_or_path if config is not None else None
-    models = load_models(model_path, reference, default_reference, device)
-    tokenizer = models.tokenizer
-    stops = stop_ids(models.policy, tokenizer)
-    encoder = Encoder(tokenizer, max_length=config.data.max_length if config else 1024)
-    prompt_ids = [encoder.prompt_ids(p) for p in sample_prompts]
-    seeds = [sample_seed(seed, i) for i in range(n)]
-    settings = dict(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
-    )
+        default_reference = config.model.name_or_path if config is not None else None
+        models = load_models(model_path, reference, default_reference, device)
+        tokenizer = models.tokenizer
+        stops = stop_ids(models.policy, tokenizer)
+        encoder = Encoder(tokenizer, max_length=config.data.max_length if config else 1024)
+        prompt_ids = [encoder.prompt_ids(p) for p in sample_prompts]
+        seeds = [sample_seed(seed, i) for i in range(n)]
+        settings = dict(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
+        )
 
-    with tqdm(
-        total=2 * n, desc="sampling policy, then reference", unit="sample", disable=not progress
-    ) as bar:
-        policy_ids = generate(models.policy, tokenizer, prompt_ids, seeds, progress=bar, **settings)
-        with models.reference_scope() as ref_model:
-            reference_ids = generate(ref_model, tokenizer, prompt_ids, seeds, progress=bar, **settings)
-    # KL from the policy's own samples, scored under both models, per sequence and per token.
-    log_ratio, token_kl = kl_along_samples(
-        models.policy, models.reference_scope, prompt_ids, policy_ids, pad_id_of(tokenizer, stops), batch_size
-    )
+        with tqdm(
+            total=2 * n, desc="sampling policy, then reference", unit="sample", disable=not progress
+        ) as bar:
+            policy_ids = generate(models.policy, tokenizer, prompt_ids, seeds, progress=bar, **settings)
+            with models.reference_scope() as ref_model:
+                reference_ids = generate(ref_model, tokenizer, prompt_ids, seeds, progress=bar, **settings)
+        # KL from the policy's own samples, scored under both models, per sequence and per token.
+        log_ratio, token_kl = kl_along_samples(
+            models.policy,
+            models.reference_scope,
+            prompt_ids,
+            policy_ids,
+            pad_id_of(tokenizer, stops),
+            batch_size,
+        )
 
-    policy_texts = [
-        tokenizer.decode(stop_trimmed(ids, stops), skip_special_tokens=True) for ids in policy_ids
-    ]
-    reference_texts = [
-        tokenizer.decode(stop_trimmed(ids, stops), skip_special_tokens=True) for ids in reference_ids
-    ]
-    judge_prompts = [prompt_text(p, messages=True) for p in sample_prompts]
-    if getattr(judge, "pairwise", False):  # verdicts on pairs, both orders (thumbs.eval.pairwise)
-        judged, outcomes = judge.judge_pairs(judge_prompts, policy_texts, reference_texts, progress)
-        policy_scores = reference_scores = None
-    else:
-        policy_scores = judge.score(judge_prompts, policy_texts)
-        reference_scores = judge.score(judge_prompts, reference_texts)
-        judged, outcomes = win_rate(policy_scores, reference_scores), None
+        policy_texts = [
+            tokenizer.decode(stop_trimmed(ids, stops), skip_special_tokens=True) for ids in policy_ids
+        ]
+        reference_texts = [
+            tokenizer.decode(stop_trimmed(ids, stops), skip_special_tokens=True) for ids in reference_ids
+        ]
+        judge_prompts = [prompt_text(p, messages=True) for p in sample_prompts]
+        if getattr(judge, "pairwise", False):  # verdicts on pairs, both orders (thumbs.eval.pairwise)
+            judged, outcomes = judge.judge_pairs(judge_prompts, policy_texts, reference_texts, progress)
+            policy_scores = reference_scores = None
+        else:
+            policy_scores = checked_scores(judge, judge_prompts, policy_texts, "policy")
+            reference_scores = checked_scores(judge, judge_prompts, reference_texts, "reference")
+            judged, outcomes = win_rate(policy_scores, reference_scores), None
 
-    beta = _beta(config, beta)
-    heldout_result = _score_heldout(models, encoder, feedback, beta, batch_size) if feedback else None
-    result = {
-        "policy": models.policy_path,
-        "reference": models.reference_path,
-        "run_dir": str(run_dir) if run_dir else None,
-        "method": config.method if config else None,
-        "beta": beta,
-        "judge": judge.name,
-        "n": n,
-        "prompts": {"source": prompt_source, "distinct": distinct},
-        "sampling": {"seed": seed, **settings, "sampler": "inverse-cdf, one random stream per sample"},
-        "win_rate_interval": "95% Wilson score interval, ties counted as half a win",
-        **judged,
-        "reward": None
-        if policy_scores is None
-        else {"policy": mean_stderr(policy_scores), "reference": mean_stderr(reference_scores)},
-        "reward_diff": None if policy_scores is None else paired_difference(policy_scores, reference_scores),
-        "reward_diff_interval": "95% Student t interval on the paired differences policy − reference",
-        "kl": mean_stderr(log_ratio),
-        "kl_tokens": mean_stderr(token_kl),
-        "kl_note": None
-        if temperature == 1 and top_p == 1
-        else "samples came from a tempered/truncated policy: the KL estimates are indicative only",
-        "length": {
-            "policy": float(np.mean([len(stop_trimmed(ids, stops)) for ids in policy_ids])),
-            "reference": float(np.mean([len(stop_trimmed(ids, stops)) for ids in reference_ids])),
-            "stopped": {
-                "policy": float(np.mean([bool(ids) and ids[-1] in stops for ids in policy_ids])),
-                "reference": float(np.mean([bool(ids) and ids[-1] in stops for ids in reference_ids])),
+        beta = _beta(config, beta)
+        heldout_result = _score_heldout(models, encoder, feedback, beta, batch_size) if feedback else None
+        result = {
+            "policy": models.policy_path,
+            "reference": models.reference_path,
+            "run_dir": str(run_dir) if run_dir else None,
+            "method": config.method if config else None,
+            "beta": beta,
+            "judge": judge.name,
+            "n": n,
+            "prompts": {"source": prompt_source, "distinct": distinct},
+            "sampling": {"seed": seed, **settings, "sampler": "inverse-cdf, one random stream per sample"},
+            "win_rate_interval": "95% Wilson score interval, ties counted as half a win",
+            **judged,
+            "reward": None
+            if policy_scores is None
+            else {"policy": mean_stderr(policy_scores), "reference": mean_stderr(reference_scores)},
+            "reward_diff": None
+            if policy_scores is None
+            else paired_difference(policy_scores, reference_scores),
+            "reward_diff_interval": "95% Student t interval on the paired differences policy − reference",
+            "kl": mean_stderr(log_ratio),
+            "kl_tokens": mean_stderr(token_kl),
+            "kl_note": None
+            if temperature == 1 and top_p == 1
+            else "samples came from a tempered/truncated policy: the KL estimates are indicative only",
+            "length": {
+                "policy": float(np.mean([len(stop_trimmed(ids, stops)) for ids in policy_ids])),
+                "reference": float(np.mean([len(stop_trimmed(ids, stops)) for ids in reference_ids])),
+                "stopped": {
+                    "policy": float(np.mean([bool(ids) and ids[-1] in stops for ids in policy_ids])),
+                    "reference": float(np.mean([bool(ids) and ids[-1] in stops for ids in reference_ids])),
+                },
             },
-        },
-        "heldout_auc": heldout_result["auc"] if heldout_result else None,
-        "heldout": {**heldout_result, "source": feedback_source} if heldout_result else None,
-        "samples": [
-            {
-                "prompt": prompt_text(sample_prompts[i]),
-                "policy": policy_texts[i],
-                "reference": reference_texts[i],
-                **(
-                    {"policy_score": policy_scores[i], "reference_score": reference_scores[i]}
-                    if outcomes is None
-                    else {"outcome": outcomes[i]}  # the policy's: 1 won both orders, None unparsed
-                ),
-            }
-            for i in range(min(SAMPLES_KEPT, n))
-        ],
-        "device": device,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    out = Path(out) if out else (run_dir / "eval.json" if run_dir else Path("eval.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    result["path"] = str(out)
-    if run_dir is not None:  # the run's model card and experiment trackers get the numbers too
-        from thumbs.train.card import update_card
-        from thumbs.train.trackers import log_eval
+            "heldout_auc": heldout_result["auc"] if heldout_result else None,
+            "heldout": {**heldout_result, "source": feedback_source} if heldout_result else None,
+            "samples": [
+                {
+                    "prompt": prompt_text(sample_prompts[i]),
+                    "policy": policy_texts[i],
+                    "reference": reference_texts[i],
+                    **(
+                        {"policy_score": policy_scores[i], "reference_score": reference_scores[i]}
+                        if outcomes is None
+                        else {"outcome": outcomes[i]}  # the policy's: 1 won both orders, None unparsed
+                    ),
+                }
+                for i in range(min(SAMPLES_KEPT, n))
+            ],
+            "device": device,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        out = Path(out) if out else (run_dir / "eval.json" if run_dir else Path("eval.json"))
+        write_output(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        result["path"] = str(out)
+        if run_dir is not None:  # the run's model card and experiment trackers get the numbers too
+            from thumbs.train.card import update_card
+            from thumbs.train.trackers import log_eval
 
-        update_card(run_dir, result)
-        log_eval(run_dir, result)
-    return result
+            update_card(run_dir, result)
+            log_eval(run_dir, result)
+        return result
 
 
 def eval_command(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,42 @@ class CallableJudge(Judge):
 
     def score(self, prompts, completions):
         scores = []
-        for prompt, completion in zip(prompts, completions):
+        for index, (prompt, completion) in enumerate(zip(prompts, completions)):
             value = self.fn(prompt, completion)
             try:
+                if isinstance(value, (str, bytes)):
+                    raise TypeError  # "0.5" is text: the judge is confused, not scoring
                 scores.append(float(value))
             except (TypeError, ValueError):
                 raise ThumbsError(
-                    f"judge {self.name} returned {value!r} for a completion, not a number",
+                    f"judge {self.name} returned {value!r} for sample {index}, not a number",
                     hint="a python: judge must return a float for (prompt, completion)",
                 ) from None
         return scores
+
+
+def checked_scores(
+    judge: Judge, prompts: Sequence[Any], completions: Sequence[str], side: str
+) -> list[float]:
+    """``judge.score``, refused unless it is one finite number per completion.
+
+    A NaN never wins or loses a comparison, so it would pass as a silent loss in the win rate.
+    ``side`` names whose completions these are (policy, reference) in the error.
+    """
+    scores = list(judge.score(prompts, completions))
+    if len(scores) != len(completions):
+        raise ThumbsError(
+            f"judge {judge.name} gave {len(scores)} scores for {len(completions)} {side} completions"
+        )
+    for index, score in enumerate(scores):
+        if not math.isfinite(score):
+            text = completions[index] if len(completions[index]) <= 60 else completions[index][:59] + "…"
+            raise ThumbsError(
+                f"judge {judge.name} gave {score!r} for the {side}'s sample {index} (completion {text!r}), "
+                "not a finite number; no result was written",
+                hint="a judge must return a finite number for every (prompt, completion); fix the judge",
+            )
+    return scores
 
 
 def positive_index(id2label: dict, num_labels: int) -> int:

@@ -60,11 +60,11 @@ def head_to_head(
     import torch
     from tqdm.auto import tqdm
 
+    from thumbs.data.store import write_output
     from thumbs.eval.heldout import choose_prompts, prompt_pool, prompt_text, run_feedback
-    from thumbs.eval.judges import make_judge
+    from thumbs.eval.judges import checked_scores, make_judge
     from thumbs.eval.policy import load_policy, resolve_target
     from thumbs.eval.sampling import generate, sample_seed, stop_ids, stop_trimmed
-    from thumbs.folders import write_text
     from thumbs.tokenize import Encoder
 
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
@@ -104,7 +104,7 @@ def head_to_head(
         judged, _ = judge.judge_pairs(judge_prompts, texts[0], texts[1])
         scores = None
     else:
-        scores = [judge.score(judge_prompts, t) for t in texts]
+        scores = [checked_scores(judge, judge_prompts, t, side) for t, side in zip(texts, ("a", "b"))]
         judged = win_rate(*scores)
 
     names = [str(Path(run)) for run in (run_a, run_b)]
@@ -133,8 +133,7 @@ def head_to_head(
     if out is None:
         out = (run_dir or Path(".")) / f"versus-{Path(run_b).resolve().name}.json"
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_output(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["path"] = str(out)
     return result
 
