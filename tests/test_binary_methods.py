@@ -142,3 +142,13 @@ def test_bco_auto_weights_without_one_class_is_a_clear_error(tmp_path):
     data = write_jsonl(tmp_path / "up.jsonl", rows)
     with pytest.raises(ThumbsError, match="bco.desirable_weight"):
         train(tiny_config(tmp_path, data, method="bco", bco__undesirable_weight="auto"))
+
+
+def test_resuming_another_methods_checkpoint_as_bco_is_a_clear_error(tmp_path):
+    from thumbs.errors import ThumbsError
+
+    data = write_jsonl(tmp_path / "d.jsonl", toy_feedback(32, seed=1))
+    train(tiny_config(tmp_path, data, train__max_steps=4, train__save_every=2))  # KTO: no method state
+    cfg = tiny_config(tmp_path, data, method="bco", train__max_steps=4, train__save_every=2)
+    with pytest.raises(ThumbsError, match="no state for this method"):
+        train(cfg, resume=True)

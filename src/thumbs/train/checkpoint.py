@@ -117,7 +117,13 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator, met
     scheduler.load_state_dict(state["scheduler"])
     if method_state is not None:
         if state.get("method") is None:  # BCO's δ cannot be rebuilt: it is the mean of every reward seen
-            raise RuntimeError(f"checkpoint {path} holds no method state (was it written by another method?)")
+            from thumbs.errors import ThumbsError
+
+            raise ThumbsError(
+                "the checkpoint holds no state for this method (BCO's reward shift): another method wrote it",
+                file=str(path),
+                hint="resume with the method in the run's config.yaml, or start a new run in another folder",
+            )
         method_state.load_state_dict(state["method"])
     rng = path / f"rng-{accelerator.process_index}.pt"
     if rng.exists():
