@@ -241,6 +241,30 @@ def test_keep_going_ingests_what_was_read_and_records_the_failure(tmp_path):
     store.verify_events(out)
 
 
+def test_keep_going_reads_a_truncated_gzipped_csv_up_to_its_last_whole_row(tmp_path):
+    rows = "".join(f"p{i},answer {i} {'x' * 40},{i % 11}\n" for i in range(4000))  # ratings 0..10
+    packed = gzip.compress(("prompt,completion,rating\n" + rows).encode())
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(packed[: len(packed) // 2])
+    good = _log(tmp_path / "good.jsonl", 4, "good")
+    args = ["ingest", str(good), str(bad), "--out", str(tmp_path / "out"), "--map", "label=rating"]
+    args += ["--positive-at", "6", "--negative-at", "4"]
+    refused = CliRunner().invoke(app, args)
+    _assert_clear(refused, 2, "could not be read whole", str(bad))
+    assert not (tmp_path / "out").exists()
+    going = CliRunner().invoke(app, [*args, "--keep-going"])
+    assert going.exit_code == 0, going.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    check_invariant(manifest)
+    failed = next(e for e in manifest["sources"] if e["source"] == str(bad))
+    assert failed["status"] == "failed" and "cut short, was left out" in failed["error"]
+    assert 0 < failed["rows_in"] < 4000
+    by_prompt = {e["prompt"]: e["label"] for e in events(tmp_path / "out") if e["source"] == str(bad)}
+    assert by_prompt and all(by_prompt[f"p{i}"] == (i % 11 >= 6) for i in range(4000) if f"p{i}" in by_prompt)
+    whole = {f"p{i}" for i in range(failed["rows_in"]) if i % 11 != 5}  # 5 is neutral, between 4 and 6
+    assert set(by_prompt) == whole and failed["rows_quarantined"] == 0  # every whole row up to the cut
+
+
 def test_keep_going_with_a_source_not_read_at_all_keeps_its_earlier_events(tmp_path):
     out, before = _good_folder(tmp_path)
     old = tmp_path / "old.jsonl"

@@ -22,7 +22,9 @@ that stops the run (the default) or is recorded and read past (``--keep-going``)
 from __future__ import annotations
 
 import gzip
+import os
 import signal
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
@@ -70,7 +72,8 @@ def stage(con: duckdb.DuckDBPyConnection, source: Source, table: str, *, max_row
             _insert_text_batches(con, table, path, _line_batches(path, max_row_bytes, failed))
             failures += [{"file": path, "error": error} for error in failed]
         elif kind in ("csv", "tsv"):
-            _stage_csv(con, table, path, "\t" if kind == "tsv" else None, max_row_bytes)
+            failed = _stage_csv(con, table, path, "\t" if kind == "tsv" else None, max_row_bytes)
+            failures += [{"file": path, "error": error} for error in failed]
         else:
             _stage_records(con, table, path, kind)
     return failures
@@ -259,11 +262,17 @@ def _stage_records(con, table: str, path: str, kind: str) -> None:
         raise ThumbsError(f"cannot read the file: {first_line(err)}", file=path) from None
 
 
-def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int) -> None:
-    """CSV through DuckDB's reader, all columns as text; rows it rejects keep their line and reason."""
+def _stage_csv(
+    con, table: str, path: str, delim: str | None, max_row_bytes: int, read_from: str | None = None
+) -> list[str]:
+    """CSV through DuckDB's reader, all columns as text; rows it rejects keep their line and reason.
+
+    A gzip that breaks part way is read again from the part that decodes (``read_from``, rows
+    still named by ``path``); the fault is returned.
+    """
     options = "all_varchar = true, parallel = false, store_rejects = true, ignore_errors = true"
     options += f", max_line_size = {max(max_row_bytes, 1024)}"
-    params: list = [path] + ([delim] if delim else [])
+    params: list = [read_from or path] + ([delim] if delim else [])
     relation = f"read_csv(?, {options}{', delim = ?' if delim else ''})"
     try:
         columns = _columns(con, relation, params)
@@ -274,6 +283,10 @@ def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int
         )
         header = con.execute("SELECT max(has_header::INT + skip_rows) FROM reject_scans").fetchone()[0] or 0
     except duckdb.Error as err:
+        if read_from is None and path.endswith(".gz"):
+            failed = _stage_csv_prefix(con, table, path, delim, max_row_bytes)
+            if failed:
+                return failed
         raise ThumbsError(f"cannot read the CSV file: {first_line(err)}", file=path) from None
     # DuckDB numbers records from 1 counting the header; one record can carry several errors
     con.execute(
@@ -297,3 +310,29 @@ def _stage_csv(con, table: str, path: str, delim: str | None, max_row_bytes: int
         [path, path],
     )
     con.execute("DROP TABLE _thumbs_csv; DROP TABLE _thumbs_rejects")
+    return []
+
+
+def _stage_csv_prefix(con, table: str, path: str, delim: str | None, max_row_bytes: int) -> list[str]:
+    """The rows of a broken gzipped CSV before its fault; [] when it decodes whole (another fault).
+
+    The decoded part goes to a file in DuckDB's spill folder, up to its last line ending: a row
+    cut short could still parse (a rating 10 cut to 1), so it is left out, and the error says so.
+    """
+    spill = con.execute("SELECT current_setting('temp_directory')").fetchone()[0] or tempfile.gettempdir()
+    os.makedirs(spill, exist_ok=True)
+    failed: list[str] = []
+    with tempfile.NamedTemporaryFile(dir=spill, suffix=".csv") as prefix:
+        written, last_end = 0, 0
+        for block in _blocks(path, failed):
+            prefix.write(block)
+            if (end := block.rfind(b"\n")) >= 0:
+                last_end = written + end + 1
+            written += len(block)
+        if not failed:
+            return []
+        prefix.truncate(last_end)
+        prefix.flush()
+        cut = "; the last row, cut short, was left out" if written > last_end else ""
+        _stage_csv(con, table, path, delim, max_row_bytes, read_from=prefix.name)
+    return [failed[0] + cut]
