@@ -90,7 +90,7 @@ def evaluate(
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    batch_size: int = 16,
+    batch_size: int = 64,
     *,
     heldout: str | None = None,
     max_heldout: int = 1000,
@@ -263,7 +263,9 @@ def eval_command(
     max_new_tokens: int = typer.Option(64, help="Longest completion, in tokens."),
     temperature: float = typer.Option(1.0, help="1.0 keeps the KL estimate unbiased; 0 is greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling; 1.0 keeps the KL estimate unbiased."),
-    batch_size: int = typer.Option(16, help="Prompts per generate call."),
+    batch_size: int = typer.Option(
+        64, help="Samples decoded together (larger batches sample faster per sample, on a CPU too)."
+    ),
     heldout: str | None = typer.Option(
         None, help="Labelled feedback for the AUC (default: the run's eval split)."
     ),

@@ -50,7 +50,7 @@ def head_to_head(
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    batch_size: int = 16,
+    batch_size: int = 64,
     out: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
