@@ -211,7 +211,8 @@ def test_same_seeds_give_same_samples_and_zero_kl_when_policy_is_reference(works
     assert len({s["policy"] for s in samples}) > 1  # different seeds per sample, not one repeated draw
     assert result["ties"] == 8 and result["win_rate"] == 0.5
     assert abs(result["kl"]["mean"]) < 1e-6
-    assert result["kl_tokens"] == {"mean": 0.0, "stderr": 0.0}  # one model twice: exactly zero
+    # One model twice: zero up to float error (the policy's states come from sampling, the reference's from one pass).
+    assert abs(result["kl_tokens"]["mean"]) < 1e-6 and result["kl_tokens"]["stderr"] < 1e-6
     assert result["reward_diff"]["mean"] == 0 and result["reward_diff"]["ci"] == [0.0, 0.0]
     assert result["length"]["policy"] == result["length"]["reference"]
     # A sample's random stream is its own: batch size does not change it.

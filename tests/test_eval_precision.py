@@ -121,10 +121,21 @@ def test_token_kl_is_zero_for_identical_models_and_a_lora_reference_is_its_base(
     policy = tiny_lm(3, vocab=40)
     twin = tiny_lm(3, vocab=40)
     prompts = [[1, 2, 3], [5, 6], [1, 2, 3], [9]]
+    kept: list = []
     samples = generate(policy, TOKENS, prompts, [sample_seed(0, i) for i in range(4)], max_new_tokens=6,
-                       temperature=1.0, top_p=1.0, batch_size=4)  # fmt: skip
+                       temperature=1.0, top_p=1.0, batch_size=4, hidden_out=kept)  # fmt: skip
     ratio, token_kl = kl_along_samples(policy, lambda: nullcontext(twin), prompts, samples, PAD, 3)
     assert np.abs(ratio).max() < 1e-12 and np.abs(token_kl).max() < 1e-12
+    # Sampling's own hidden states stand in for the policy's pass: the same numbers.
+    assert [h.shape[0] for h in kept] == [len(s) for s in samples]
+    reused = kl_along_samples(policy, lambda: nullcontext(twin), prompts, samples, PAD, 3, policy_hidden=kept)
+    assert np.abs(reused[0]).max() < 1e-9 and np.abs(reused[1]).max() < 1e-9
+    other = tiny_lm(8, vocab=40)
+    fresh = kl_along_samples(policy, lambda: nullcontext(other), prompts, samples, PAD, 4)
+    reused = kl_along_samples(
+        policy, lambda: nullcontext(other), prompts, samples, PAD, 4, policy_hidden=kept
+    )
+    assert reused[0] == pytest.approx(fresh[0], abs=1e-9) and reused[1] == pytest.approx(fresh[1], abs=1e-9)
 
     lora = get_peft_model(tiny_lm(3, vocab=40), LoraConfig(r=2, target_modules=["q_proj", "v_proj", "lm_head"],
                                                            init_lora_weights=False))  # fmt: skip

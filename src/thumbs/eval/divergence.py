@@ -10,10 +10,11 @@ For samples y ~ π(·|x), per completion (nats):
   each term averages over the whole vocabulary instead of one drawn token: far lower variance,
   and never negative.
 
-Both come from the same hidden states: each model runs once over prompt + completion (a prompt
-several samples share runs once, see ``sampling.prefill``), and the LM heads are applied a chunk
-of positions at a time, so the [chunk, vocab] log-probs are the largest tensors ever held, never
-[batch, length, vocab].
+Both come from the same hidden states: the reference runs once over prompt + completion (a
+prompt several samples share runs once, see ``sampling.prefill``); the policy's states are the
+ones its sampling computed (kept while they fit in ``KEEP_BYTES``, else the policy runs here
+too). The LM heads are applied a chunk of positions at a time, so the [chunk, vocab] log-probs
+are the largest tensors ever held, never [batch, length, vocab].
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ import torch
 from thumbs.eval.sampling import base_model, head_logits, prefill
 
 CHUNK = 128  # positions per LM-head call: two [CHUNK, vocab] float32 log-prob tensors at a time
+KEEP_BYTES = 512 * 2**20  # the most the policy's sampling-time hidden states may hold for reuse
+
+
+def keep_sampling_states(model: Any, n: int, max_new_tokens: int) -> bool:
+    """Whether n samples' hidden states ([n, max_new_tokens, H] at most) fit in ``KEEP_BYTES``."""
+    config = base_model(model).config
+    hidden = getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+    return n * max_new_tokens * hidden * 4 <= KEEP_BYTES
 
 
 def completion_hidden(
@@ -72,11 +81,14 @@ def kl_along_samples(
     pad_id: int,
     batch_size: int,
     chunk_size: int = CHUNK,
+    policy_hidden: Sequence[torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: (log π(y|x) − log π_ref(y|x), Σ_t KL(π(·|x,y<t) ‖ π_ref(·|x,y<t))), float64.
 
     ``completions`` are the policy's own samples of ``prompts``; ``reference_scope()`` is a
     context manager that yields the reference (for a LoRA run: the policy with its adapter off).
+    ``policy_hidden``: the policy's hidden states per sample as sampling left them
+    (``generate(hidden_out=...)``), so only the reference runs here.
     """
     log_ratio, token_kl = np.zeros(len(prompts)), np.zeros(len(prompts))
     with torch.inference_mode():
@@ -87,17 +99,21 @@ def kl_along_samples(
             if not keep:
                 continue
             rows, samples = [rows[i] for i in keep], [samples[i] for i in keep]
+            kept_hidden = None if policy_hidden is None else [policy_hidden[start + i] for i in keep]
             device = next(policy.parameters()).device
             targets = torch.tensor([t for tokens in samples for t in tokens], device=device)
             owner = torch.tensor([i for i, tokens in enumerate(samples) for _ in tokens], device=device)
-            policy_hidden = completion_hidden(policy, rows, samples, pad_id)
+            if kept_hidden is None:
+                hidden = completion_hidden(policy, rows, samples, pad_id)
+            else:
+                hidden = torch.cat(list(kept_hidden)).to(device)
             with reference_scope() as reference:
                 reference_hidden = completion_hidden(reference, rows, samples, pad_id)
             ratio = torch.zeros(len(samples), dtype=torch.float64, device=device)
             kl = torch.zeros(len(samples), dtype=torch.float64, device=device)
             for c in range(0, len(targets), chunk_size):
                 part = slice(c, c + chunk_size)
-                logp = torch.log_softmax(head_logits(policy, policy_hidden[part]), dim=-1)
+                logp = torch.log_softmax(head_logits(policy, hidden[part]), dim=-1)
                 with reference_scope() as reference:
                     logq = torch.log_softmax(head_logits(reference, reference_hidden[part]), dim=-1)
                 picked = targets[part].unsqueeze(-1)

@@ -111,7 +111,7 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
-    from thumbs.eval.divergence import kl_along_samples
+    from thumbs.eval.divergence import keep_sampling_states, kl_along_samples
     from thumbs.eval.heldout import choose_prompts, heldout_feedback, prompt_pool, prompt_text, run_feedback
     from thumbs.eval.judges import checked_scores, make_judge
     from thumbs.eval.policy import load_models, resolve_target
@@ -137,8 +137,8 @@ def evaluate(
             keep = np.sort(np.random.default_rng(seed).choice(len(feedback), max_heldout, replace=False))
             feedback = [feedback[i] for i in keep]
 
-        prompt_pool, prompt_source = prompt_pool(prompts, feedback, feedback_source, config)
-        distinct, sample_prompts = choose_prompts(prompt_pool, n, seed)
+        pool, prompt_source = prompt_pool(prompts, feedback, feedback_source, config)
+        distinct, sample_prompts = choose_prompts(pool, n, seed)
 
         default_reference = config.model.name_or_path if config is not None else None
         models = load_models(model_path, reference, default_reference, device)
@@ -154,18 +154,17 @@ def evaluate(
         with tqdm(
             total=2 * n, desc="sampling policy, then reference", unit="sample", disable=not progress
         ) as bar:
-            policy_ids = generate(models.policy, tokenizer, prompt_ids, seeds, progress=bar, **settings)
+            kept = [] if keep_sampling_states(models.policy, n, max_new_tokens) else None
+            policy_ids = generate(
+                models.policy, tokenizer, prompt_ids, seeds, progress=bar, hidden_out=kept, **settings
+            )
             with models.reference_scope() as ref_model:
                 reference_ids = generate(ref_model, tokenizer, prompt_ids, seeds, progress=bar, **settings)
         # KL from the policy's own samples, scored under both models, per sequence and per token.
         log_ratio, token_kl = kl_along_samples(
-            models.policy,
-            models.reference_scope,
-            prompt_ids,
-            policy_ids,
-            pad_id_of(tokenizer, stops),
-            batch_size,
-        )
+            models.policy, models.reference_scope, prompt_ids, policy_ids, pad_id_of(tokenizer, stops), batch_size,
+            policy_hidden=kept,
+        )  # fmt: skip
 
         policy_texts = [
             tokenizer.decode(stop_trimmed(ids, stops), skip_special_tokens=True) for ids in policy_ids

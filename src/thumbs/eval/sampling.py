@@ -148,8 +148,13 @@ def generate(
     top_p: float,
     batch_size: int,
     progress: Any = None,
+    hidden_out: list | None = None,
 ) -> list[list[int]]:
-    """Completion token ids per prompt (up to and including a stop token)."""
+    """Completion token ids per prompt (up to and including a stop token).
+
+    With ``hidden_out`` (a list), each sample's final hidden states that predicted its tokens,
+    [len(completion), H], are appended to it: the policy's half of the KL pass, already computed.
+    """
     stops = stop_ids(model, tokenizer)
     pad_id = pad_id_of(tokenizer, stops)
     device = next(model.parameters()).device
@@ -162,8 +167,10 @@ def generate(
             uniforms = sample_uniforms(seeds[start : start + batch_size], max_new_tokens)
             cache, hidden, attention_mask, position = prefill(model, rows, pad_id)
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-            picked = []
+            picked, states = [], []
             for step in range(max_new_tokens):
+                if hidden_out is not None:
+                    states.append(hidden)
                 logits = head_logits(model, hidden)
                 token = inverse_cdf_pick(logits, uniforms[:, step], temperature, top_p)
                 token = token.masked_fill(done, pad_id)
@@ -180,9 +187,12 @@ def generate(
                     use_cache=True,
                 ).last_hidden_state[:, -1]
                 position = position + 1
-            for tokens in torch.stack(picked, dim=1).tolist():
+            states = torch.stack(states, dim=1) if states else None
+            for row, tokens in enumerate(torch.stack(picked, dim=1).tolist()):
                 cut = next((i + 1 for i, token in enumerate(tokens) if token in stops), len(tokens))
                 completions.append(tokens[:cut])
+                if states is not None:
+                    hidden_out.append(states[row, :cut])
             if progress is not None:
                 progress.update(len(rows))
     return completions
