@@ -109,6 +109,15 @@ def test_judge_rounds_resume_without_redoing_a_finished_round(tmp_path):
     assert final.stat().st_mtime_ns == trained
     assert third["rounds"][1]["against_start"] == second["rounds"][1]["against_start"]
 
+    # a round interrupted in training (no final model yet) trains again and finishes
+    import shutil
+
+    shutil.rmtree(out / "round-2" / "run" / "final")
+    for name in ("round.json", "eval.json"):
+        (out / "round-2" / name).unlink()
+    fourth = iterate(cfg, settings.model_copy(update={"rounds": 2}), out, progress=False)
+    assert final.exists() and fourth["rounds"][1]["audit"] == second["rounds"][1]["audit"]
+
     # a pairwise evaluation judge brings verdicts and no reward: the page still renders
     from thumbs.iterate.page import render
 
@@ -122,29 +131,42 @@ def test_judge_rounds_resume_without_redoing_a_finished_round(tmp_path):
         iterate(cfg, settings.model_copy(update={"samples_per_prompt": 5}), out, progress=False)
 
 
+def write_votes(path: Path, answers: list[dict]) -> Path:
+    """A deployment's votes on the answers, in its own shape (here a CSV with up/down)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "completion", "label", "user_id"])
+        for i, a in enumerate(answers):
+            writer.writerow([a["prompt"], a["completion"], ["down", "up"][i % 2], f"u{i % 3}"])
+    return path
+
+
 def test_log_source_stops_after_answers_and_continues_from_a_feedback_file(tmp_path):
-    cfg, settings = small(tmp_path, feedback="log", rounds=1)
+    cfg, settings = small(tmp_path, feedback="log", rounds=2)
     out = tmp_path / "it"
     waiting = iterate(cfg, settings, out, progress=False)
     assert waiting["status"] == "waiting for feedback on round 1" and waiting["rounds"] == []
     folder = out / "round-1"
     assert (folder / "answers.jsonl").exists() and not (folder / "data").exists()
     assert not list(folder.glob("feedback.*"))
-    # a deployment's votes on those answers, in its own shape (here a CSV)
-    votes = tmp_path / "votes.csv"
+    # asked again without votes, it waits again and does nothing else
+    assert iterate(cfg, settings, out, progress=False)["status"] == "waiting for feedback on round 1"
     answers = rows(folder / "answers.jsonl")
-    with votes.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["prompt", "completion", "label", "user_id"])
-        for i, a in enumerate(answers):
-            writer.writerow([a["prompt"], a["completion"], ["down", "up"][i % 2], f"u{i % 3}"])
-    done = iterate(cfg, settings, out, feedback_file=votes, progress=False)
-    assert done["status"] == "finished" and done["rounds"][0]["feedback"]["source"] == "log"
+    votes = write_votes(tmp_path / "votes.csv", answers)
+    next_round = iterate(cfg, settings, out, feedback_file=votes, progress=False)
+    # round 1 finished on those votes; round 2's answers come from round 1's model, and it waits
+    assert next_round["status"] == "waiting for feedback on round 2"
+    assert next_round["rounds"][0]["feedback"]["source"] == "log"
     assert (folder / "feedback.csv").read_bytes() == votes.read_bytes()
-    assert done["rounds"][0]["audit"]["votes"] == len(answers)
+    assert next_round["rounds"][0]["audit"]["votes"] == len(answers)
+    assert (out / "round-2" / "answers.jsonl").exists() and not (out / "round-2" / "data").exists()
+    second = write_votes(tmp_path / "votes-2.csv", rows(out / "round-2" / "answers.jsonl"))
+    done = iterate(cfg, settings, out, feedback_file=second, progress=False)
+    assert done["status"] == "finished" and [r["round"] for r in done["rounds"]] == [1, 2]
+    assert done["rounds"][1]["start"] == str(folder / "run" / "final" / "merged")
     # no round waits any more: a feedback file now is a mistake, said so
     with pytest.raises(ThumbsError, match="no round was waiting"):
-        iterate(cfg, settings, out, feedback_file=votes, progress=False)
+        iterate(cfg, settings, out, feedback_file=second, progress=False)
 
 
 def test_reference_original_carries_one_adapter_over_the_original(tmp_path):
