@@ -133,11 +133,27 @@ def test_dpo_on_two_processes_matches_one_process_with_twice_the_batch(tmp_path,
         tiny_config(tmp_path / "one", data, train__batch_size=4, **common), tmp_path / "c1", monkeypatch
     )
     assert json.loads((one / "data_summary.json").read_text())["examples"] >= 16
-    cfg = tiny_config(tmp_path / "two", data, train__batch_size=2, **common)
+    trackers = {"train__report_to": ["tensorboard", "mlflow"]}
+    cfg = tiny_config(tmp_path / "two", data, train__batch_size=2, **common, **trackers)
     result = thumbs_nproc(cfg, tmp_path / "c2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_training(one, Path(cfg.output_dir))
-    assert all("rewards/accuracy" in m for m in _metrics(Path(cfg.output_dir)))
+    two = Path(cfg.output_dir)
+    assert_same_training(one, two)
+    assert all("rewards/accuracy" in m for m in _metrics(two))
+    # the trackers ran on the main process only: one event file, one MLflow run, each step once
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((two / "tensorboard" / "thumbs").glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(two / "tensorboard" / "thumbs"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("rewards/accuracy")]
+    assert logged == [(m["step"], pytest.approx(m["rewards/accuracy"])) for m in _metrics(two)]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 reads a file store only when told
+    client = MlflowClient(tracking_uri=(two / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "thumbs"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
 
 
 @pytest.mark.timeout(600)

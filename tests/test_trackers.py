@@ -47,8 +47,10 @@ def test_tensorboard_events_hold_every_metric_at_every_step_and_the_eval(tracked
     assert events.Scalars("eval/kl")[0].value == pytest.approx(result["kl"]["mean"], rel=1e-5)
 
 
-def test_mlflow_file_store_holds_params_metrics_and_eval_in_one_run(tracked_run):
+def test_mlflow_file_store_holds_params_metrics_and_eval_in_one_run(tracked_run, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what the README tells a reader to set
 
     run, result = tracked_run
     ids = json.loads((run / "trackers.json").read_text())

@@ -140,6 +140,7 @@ def _init_kwargs(names, run_dir: Path, ids: dict) -> dict:
 
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store needs no server
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # ... and sends nothing out
             mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
         run_id = ids.get("mlflow", {}).get("run_id")
         kwargs["mlflow"] = {"run_id": run_id} if run_id else {"run_name": run_dir.name}
