@@ -57,3 +57,19 @@ def test_dpo_card_names_beta_and_the_pairs(tmp_path):
     meta = _front_matter(text)
     assert meta["library_name"] == "transformers" and "dpo" in meta["tags"]
     assert "β = 0.3" in text and "DPO pairs:" in text and "full fine-tuning" in text
+
+
+def test_hub_ids_go_into_the_metadata(tmp_path):
+    from thumbs.config import Config
+    from thumbs.train.card import render
+
+    cfg = Config.model_validate({"model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},
+                                 "data": {"train": ["hf:trl-lib/kto-mix-14k:train", "feedback.jsonl"]}})  # fmt: skip
+    meta = _front_matter(render(tmp_path, cfg))
+    assert meta["base_model"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert meta["datasets"] == ["trl-lib/kto-mix-14k"]
+    assert "license" not in meta  # not known for a model thumbs did not ship
+    default = _front_matter(render(tmp_path, Config()))
+    assert (
+        default["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and default["license"] == "apache-2.0"
+    )
