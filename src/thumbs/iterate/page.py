@@ -26,7 +26,7 @@ def rows(state: dict) -> list[list[str]]:
             [
                 str(r["round"]),
                 f"{audit['votes']} ({audit['desirable_fraction']:.0%} up)",
-                ", ".join(audit["heavy_downvoters"]) or "none",
+                ", ".join(sorted(audit["heavy_downvoters"])) or "none",
                 _ci(start),
                 _ci(orig),
                 "– (pairwise judge)"

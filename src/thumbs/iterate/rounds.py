@@ -132,7 +132,7 @@ def iterate(
             "rounds_requested": settings.rounds,
             "original": original,
             "reference": settings.reference,
-            "reference_note": REFERENCE_NOTES[settings.reference],
+            "reference_note": reference_note(cfg, settings),
             "rounds": [],
             "status": "running",
         }
@@ -180,13 +180,20 @@ def iterate(
     return state
 
 
-REFERENCE_NOTES = {
-    "start": "KTO's reference in each round is the round's starting policy; LoRA adapters are merged "
-    "into the weights between rounds (round N's run/final/merged is round N+1's start, trained with a "
-    "fresh adapter)",
-    "original": "KTO's reference in every round is the original model; one LoRA adapter is carried on "
-    "from round to round over the original weights (each round's merge only evaluates it)",
-}
+def reference_note(cfg: Config, settings: IterateSettings) -> str:
+    """The sentence iterate.json and the page state about each round's reference and the weights."""
+    if settings.reference == "original":
+        return (
+            "the training reference (π_ref) in every round is the original model; one LoRA adapter is "
+            "carried on from round to round over the original weights (each round's merge only evaluates it)"
+        )
+    carried = (
+        "LoRA adapters are merged into the weights between rounds (round N's run/final/merged is round "
+        "N+1's start, trained with a fresh adapter)"
+        if cfg.model.lora.enabled
+        else "full fine-tuning: round N's run/final is round N+1's start"
+    )
+    return f"the training reference (π_ref) in each round is the round's starting policy; {carried}"
 
 
 def _say_waiting(folder: Path, number: int) -> None:
