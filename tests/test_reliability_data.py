@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tests.ingest_fixtures import check_invariant, events, vote, write_lines
+from tests.ingest_fixtures import check_invariant, events, run, vote, write_lines
 from thumbs.cli import app
 from thumbs.data import store
 from thumbs.data.examples import load_examples
@@ -263,6 +263,23 @@ def test_keep_going_reads_a_truncated_gzipped_csv_up_to_its_last_whole_row(tmp_p
     assert by_prompt and all(by_prompt[f"p{i}"] == (i % 11 >= 6) for i in range(4000) if f"p{i}" in by_prompt)
     whole = {f"p{i}" for i in range(failed["rows_in"]) if i % 11 != 5}  # 5 is neutral, between 4 and 6
     assert set(by_prompt) == whole and failed["rows_quarantined"] == 0  # every whole row up to the cut
+
+
+def test_an_event_log_whose_feedback_file_is_cut_short(tmp_path):
+    generations = write_lines(tmp_path / "gens.jsonl", [{"id": f"g{i}", "prompt": f"P{i}", "completion": f"C{i}"}
+                                                        for i in range(3000)])  # fmt: skip
+    votes = "".join(json.dumps({"generation_id": f"g{i}", "user_id": f"u{i % 5}", "vote": "up"}) + "\n"
+                    for i in range(3000))  # fmt: skip
+    packed = gzip.compress(votes.encode())
+    feedback = tmp_path / "fb.jsonl.gz"
+    feedback.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ThumbsError, match="could not be read whole") as err:
+        run([generations], tmp_path / "out", feedback=str(feedback))
+    assert str(feedback) in err.value.message and not (tmp_path / "out").exists()
+    manifest = run([generations], tmp_path / "out", feedback=str(feedback), keep_going=True)
+    entry = manifest["sources"][0]
+    assert entry["status"] == "failed" and str(feedback) in entry["error"]
+    assert 0 < len(events(tmp_path / "out")) < 3000  # the votes before the cut
 
 
 def test_keep_going_with_a_source_not_read_at_all_keeps_its_earlier_events(tmp_path):
