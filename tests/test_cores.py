@@ -49,17 +49,23 @@ def test_a_busy_process_beside_us_takes_a_thread_away(monkeypatch):
 
 
 def test_our_own_work_does_not_count_as_someone_elses(monkeypatch):
+    """Over a window of 2 s in which the machine was busy 2.5 core-seconds, 1.9 of them ours:
+    the others kept 0.3 cores busy (too little to take a thread away)."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("THUMBS_THREADS", raising=False)
-    governor = cores.Governor(interval=0.0, torch_module=FakeTorch(2))
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 1.0:  # this process busy for a second
-        pass
-    others = governor.others_busy_cores()
-    busy_now = cores.Governor(interval=0.0, torch_module=FakeTorch(2))
-    time.sleep(0.5)
-    background = busy_now.others_busy_cores()  # what the rest of the machine does anyway
-    assert others < background + 0.6, (others, background)  # ours would add a whole core
+    monkeypatch.setattr(cores, "usable_cores", lambda: 2)
+    clock, machine, own = [100.0], [50.0], [10.0]
+    monkeypatch.setattr(cores.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cores, "_machine_busy_seconds", lambda: machine[0])
+    monkeypatch.setattr(cores, "_own_busy_seconds", lambda: own[0])
+    torch = FakeTorch(2)
+    governor = cores.Governor(interval=1.0, torch_module=torch)
+    clock[0], machine[0], own[0] = clock[0] + 2.0, machine[0] + 2.5, own[0] + 1.9
+    assert governor.others_busy_cores() == pytest.approx(0.3)
+    clock[0], machine[0], own[0] = clock[0] + 2.0, machine[0] + 3.9, own[0] + 1.9
+    assert governor.adjust() == 1 and torch.threads == 1  # others took a core: 2.0 core-seconds in 2 s
+    clock[0], machine[0], own[0] = clock[0] + 2.0, machine[0] + 1.0, own[0] + 1.0
+    assert governor.adjust() == 2 and torch.threads == 2  # they left: the core comes back
 
 
 @pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "3"}, {"THUMBS_THREADS": "fixed"}])
