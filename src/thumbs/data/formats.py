@@ -242,34 +242,3 @@ def _quiet_datasets():
 @contextmanager
 def _nullcontext():
     yield
-
-
-def as_votes(table: pa.Table) -> pa.Table:
-    """TRL's rows in the shapes ``thumbs ingest`` reads, one row per vote, ``_row`` the row read.
-
-    Conversational ``prompt`` + ``completion`` become one chat (``messages``, the vote on its last
-    assistant message); a pair becomes two votes, ``chosen`` up and ``rejected`` down.
-    """
-    n = table.num_rows
-    table = table.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
-    names = table.column_names
-    if "chosen" in names and "rejected" in names:
-        rest = [c for c in names if c not in ("chosen", "rejected", "label", "completion")]
-        halves = []
-        for side, up in (("chosen", True), ("rejected", False)):
-            half = table.select(rest).append_column("completion", table[side])
-            halves.append(half.append_column("label", pa.array([up] * n)))
-        table = pa.concat_tables(halves).sort_by("_row")
-        names = table.column_names
-    completion = table["completion"] if "completion" in names else None
-    if completion is None or not _is_list(completion.type):
-        return table
-    prompts = table["prompt"].to_pylist() if "prompt" in names else [None] * table.num_rows
-    chats = []
-    for prompt, answer in zip(prompts, completion.to_pylist()):
-        head = as_messages(prompt) if prompt is not None else []
-        if head is None:  # a text prompt before a conversational completion: the user's turn
-            head = [{"role": "user", "content": prompt}]
-        chats.append([*head, *(answer or [])])
-    table = table.drop_columns([c for c in ("prompt", "completion") if c in names])
-    return table.append_column("messages", pa.array(chats))

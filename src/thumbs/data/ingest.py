@@ -40,7 +40,7 @@ import duckdb
 import typer
 
 from thumbs import folders
-from thumbs.data import builtin, eventlog, macros, shapes, signals, store
+from thumbs.data import builtin, eventlog, macros, shapes, signals, store, trl
 from thumbs.data.sources import Source, resolve
 from thumbs.data.staging import Interrupts, stage
 from thumbs.data.store import print_summary, read_events
@@ -218,7 +218,9 @@ def _read_source(con, index: int, plan: dict, max_row_bytes: int) -> dict:
     if shape == "event-log" or plan.get("feedback"):
         entry, outcome = _read_event_log(con, source, plan.get("feedback"), reading, failures)
     else:
+        found = trl.rewrite(con, "_thumbs_staged") if source.kind != "builtin" else {}  # TRL's rows
         entry, outcome = _read_votes(con, source, shape, reading)
+        entry |= {"trl": found} if found else {}
     entry |= {k: getattr(source, k) for k in ("table", "query") if getattr(source, k)}
     con.execute(
         f"""INSERT INTO cands SELECT *, CASE WHEN outcome = 'event' THEN {store.EVENT_ID} END FROM (

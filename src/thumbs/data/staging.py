@@ -227,16 +227,16 @@ def _as_json_object(columns: list[str], skip: tuple[str, ...] = ()) -> str:
 
 
 def _stage_dataset(con, table: str, spec: str) -> None:
-    """A ``datasets`` folder or Hub id: each row (TRL's rows as votes, see formats.as_votes) as JSON."""
-    from thumbs.data.formats import as_votes, read_dataset
+    """A ``datasets`` folder or Hub id: each row as a JSON object of its columns, as Parquet's are."""
+    from thumbs.data.formats import read_dataset
 
-    rows = as_votes(read_dataset(spec))
+    rows = read_dataset(spec)
     con.register("_thumbs_dataset", rows)
     try:
-        body = _as_json_object(rows.column_names, ("_row",))
+        body = _as_json_object(rows.column_names)
         con.execute(
             f"""INSERT INTO {table} SELECT ?, row, raw, strlen(raw), NULL
-            FROM (SELECT _row AS row, {body} AS raw FROM _thumbs_dataset)""",
+            FROM (SELECT row_number() OVER () AS row, {body} AS raw FROM _thumbs_dataset)""",
             [spec],
         )
     finally:
