@@ -83,8 +83,9 @@ def load_hub_dataset(name: str, split: str | None = None):
     except (FileNotFoundError, ConnectionError, ValueError) as err:
         if isinstance(err, ValueError) and "split" in str(err).lower():
             raise ThumbsError(f"dataset '{name}' has no split '{split}': {err}", file=name) from None
+        where = "nor on the Hub" if online else "(thumbs reads Hub datasets offline)"
         raise ThumbsError(
-            f"dataset '{name}' is not in the local datasets cache (thumbs reads Hub datasets offline)",
+            f"dataset '{name}' is not in the local datasets cache {where}",
             file=name,
             hint=f"fetch it once with python -c \"import datasets; datasets.load_dataset('{name}')\" "
             "on a machine with network access, or give a file or a save_to_disk folder",
