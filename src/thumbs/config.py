@@ -19,7 +19,8 @@ Auto = Literal["auto"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN or infinite number would reach the loss and train an all-NaN model
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(Strict):
@@ -130,7 +131,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: Union[float, None] = 1.0
+    max_grad_norm: Union[float, None] = Field(1.0, gt=0)  # clip to this global norm; null: no clipping
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported, fp32 on CPU
     log_every: int = Field(1, gt=0)
     save_every: Union[int, None] = Field(None, gt=0)  # optimizer steps between checkpoints
@@ -145,6 +146,9 @@ class TrainConfig(Strict):
     # Experiment trackers, through Accelerate; each writes into the run folder and works offline
     # (thumbs.train.trackers): TensorBoard event files, an MLflow file store, W&B offline, trackio.
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list)
+    # Steps whose loss or gradient norm is NaN/inf that may be skipped (no update, counted as
+    # ``skipped_steps`` in metrics.jsonl) before the run stops; 0: the first one stops it.
+    skip_nonfinite_steps: int = Field(0, ge=0)
 
 
 class Config(Strict):
@@ -172,10 +176,18 @@ def _set(tree: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
+def _union_member(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("float", "int", "str", "bool", "none"))
+
+
 def _describe(err: ValidationError, source: str) -> ThumbsError:
-    lines = []
+    lines, seen = [], set()
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"])
+        # a Union field reports once per member ('float', "literal['auto']"): name the field once
+        key = ".".join(str(p) for p in item["loc"] if not _union_member(p))
+        if key in seen:
+            continue
+        seen.add(key)
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'")
         else:

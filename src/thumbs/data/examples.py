@@ -152,8 +152,18 @@ def _check(table: pa.Table, source: str, required: tuple[str, ...]) -> None:
         weights = table["weight"]
         if not pa.types.is_floating(weights.type) and not pa.types.is_integer(weights.type):
             raise ThumbsError(f"weights must be numbers, got {weights.type}", file=source, field="weight")
-        if pc.any(pc.less(pc.fill_null(weights, 1.0), 0)).as_py():
-            raise ThumbsError("weights must be non-negative", file=source, field="weight")
+        values = pc.cast(pc.fill_null(weights, 1), pa.float64())
+        # a NaN or infinite weight reaches the loss and trains an all-NaN model: name its row
+        bad = pc.or_(pc.invert(pc.is_finite(values)), pc.less(values, 0))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise ThumbsError(
+                f"weight {values[row].as_py()} is not a finite non-negative number",
+                file=source,
+                row=row + 1,
+                field="weight",
+                hint="give each row a finite weight ≥ 0, or leave it empty for 1",
+            )
 
 
 def load_examples(

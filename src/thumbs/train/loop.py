@@ -8,6 +8,7 @@ checkpoints in ``checkpoint``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import typer
 
 from thumbs.config import Config, load_config
 from thumbs.errors import ThumbsError
+from thumbs.folders import write_text
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Run:
     total_steps: int
     start: int  # the step resumed from (0 for a new run)
     layout: str  # Accelerate's distributed type as the run started: NO, MULTI_CPU, MULTI_GPU, FSDP
+    record: dict  # the config and data fingerprint, kept in each checkpoint for --resume to check
+    skipped: int  # steps skipped so far for a non-finite loss or gradient norm (kept in checkpoints)
     state: Any = None  # the method's state (BCO's reward shift), checkpointed; None for most methods
 
     @property
@@ -54,27 +58,30 @@ class Run:
             print(*args, **kwargs)
 
 
-def train(cfg: Config, *, resume: bool = False) -> Path:
-    """Train ``cfg`` into ``cfg.output_dir``; with ``resume``, continue from its last checkpoint."""
-    run = setup(cfg, resume=resume)
-    loop(run)
-    save(run)
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train ``cfg`` into ``cfg.output_dir``, which this process owns until the end; with ``resume``,
+    continue from its last checkpoint; with ``overwrite``, clear another run's files first."""
+    with contextlib.ExitStack() as hold:
+        run = setup(cfg, resume=resume, overwrite=overwrite, hold=hold)
+        loop(run)
+        save(run)
     return run.run_dir
 
 
 # ---- setup ---------------------------------------------------------------------------------------
 
 
-def setup(cfg: Config, *, resume: bool) -> Run:
+def setup(cfg: Config, *, resume: bool, overwrite: bool = False, hold: contextlib.ExitStack) -> Run:
     """Processes, data (checked before any model loads), model, reference log-probs, optimizer."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
+    from thumbs.train import runfolder
     from thumbs.train import setup as parts
     from thumbs.train import trackers
-    from thumbs.train.checkpoint import load_checkpoint
+    from thumbs.train.checkpoint import read_checkpoint, restore
     from thumbs.train.logprobs import CompletionLogps
     from thumbs.train.methods import METHODS, build_items
     from thumbs.train.metrics import truncate_metrics
@@ -88,15 +95,7 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     main, world = accelerator.is_main_process, accelerator.num_processes
     kind = accelerator.distributed_type.value  # read now: preparing the model may change it
     parts.check_sharding(accelerator)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    if not resume and (run_dir / "final").exists():
-        raise ThumbsError(
-            "the output folder already holds a finished run",
-            file=str(run_dir),
-            hint="pass --resume or another --output-dir",
-        )
+    runfolder.claim(accelerator, run_dir, hold, resume=resume, overwrite=overwrite)  # or every process stops
     set_seed(cfg.train.seed)
     say = print if main else (lambda *a, **k: None)
 
@@ -108,7 +107,6 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     table, summary, source = parts.in_turn(accelerator, inputs)
     cfg.model.name_or_path = source
     if main:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
         layout = {"NO": "", "MULTI_CPU": ", DDP (gloo)", "MULTI_GPU": ", DDP", "FSDP": ", FSDP2"}.get(
             kind, f", {kind}"
         )
@@ -122,14 +120,24 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     items = build_items(cfg.method, table, encoder, cfg.train.seed)
     summary.update(items.summary)
     say(f"thumbs: {len(items)} examples; {json.dumps(items.summary)}")
+    digest = parts.digest(items)
     if world > 1:  # each rank takes its slice of one shared order: all must hold the same examples
-        digests = accelerator.gather(torch.tensor([parts.digest(items)], device=accelerator.device))
+        digests = accelerator.gather(torch.tensor([digest], device=accelerator.device))
         if len(set(digests.tolist())) > 1:
             raise ThumbsError(
                 "the processes built different training examples from data.train",
                 file=str(cfg.data.train),
                 hint="every process (every node) must read the same files: put them on a shared path",
             )
+    record = runfolder.record(cfg, digest)
+    # the checkpoint is read (and checked against this config and data) before any model loads
+    checkpoint = read_checkpoint(run_dir, accelerator.process_index, say) if resume else None
+    if resume:
+        saved = checkpoint.state.get("run") if checkpoint else runfolder.saved_config(run_dir)
+        runfolder.check_resume(saved, record, checkpoint.path if checkpoint else run_dir)
+        parts.same_checkpoint(accelerator, checkpoint.step if checkpoint else 0)
+    if main:
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
 
     # the same fresh adapter on every process, whatever building the inputs drew from the generator
     # (the main process may have made the tiny base model); FSDP2, unlike DDP, does not broadcast it
@@ -143,7 +151,7 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     method = METHODS[cfg.method]
     ref = reference_logps(
         model, items, method.ref_roles, run_dir=run_dir, max_length=cfg.data.max_length, accelerator=accelerator,
-        pad_id=tokenizer.pad_token_id, batch_size=cfg.train.ref_batch_size, chunk_size=cfg.train.logps_chunk_size,
+        say=say, pad_id=tokenizer.pad_token_id, batch_size=cfg.train.ref_batch_size, chunk_size=cfg.train.logps_chunk_size,
     )  # fmt: skip
 
     global_micro = cfg.train.batch_size * world
@@ -166,10 +174,13 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     wrapped, optimizer = accelerator.prepare(CompletionLogps(model, cfg.train.logps_chunk_size), optimizer)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP2 put shards in their place
     state = method.state() if method.state else None
-    start = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator, state) if resume else 0
+    start = restore(checkpoint, model, optimizer, scheduler, state) if checkpoint else 0
+    skipped = (
+        int(checkpoint.state["run"].get("skipped", 0)) if checkpoint and checkpoint.state.get("run") else 0
+    )
     if main:
-        (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        truncate_metrics(run_dir / "metrics.jsonl", start)
+        write_text(run_dir / "data_summary.json", json.dumps(summary, indent=2, default=str))
+        truncate_metrics(run_dir / "metrics.jsonl", start, say)
     trackers.start(accelerator, cfg, run_dir, resumed_at=start)
     say(
         f"thumbs: {total_steps} optimizer steps of {global_micro * cfg.train.grad_accum} examples"
@@ -177,7 +188,7 @@ def setup(cfg: Config, *, resume: bool) -> Run:
     )
     return Run(
         cfg, accelerator, run_dir, method, items, ref, tokenizer, source, model, wrapped, trainable,
-        optimizer, scheduler, per_epoch, total_steps, start, kind, state,
+        optimizer, scheduler, per_epoch, total_steps, start, kind, record, skipped, state,
     )  # fmt: skip
 
 
@@ -200,27 +211,29 @@ def loop(run: Run) -> None:
         total=run.total_steps, initial=run.start, disable=not run.main, desc=cfg.method, dynamic_ncols=True
     )
     checkpoint = lambda step: save_checkpoint(  # noqa: E731
-        run.run_dir,
-        step,
-        run.model,
-        run.optimizer,
-        run.scheduler,
-        run.accelerator,
-        cfg.train.save_total_limit,
-        run.state,
-    )
+        run.run_dir, step, run.model, run.optimizer, run.scheduler, run.accelerator,
+        cfg.train.save_total_limit, {**run.record, "skipped": run.skipped}, run.state,
+    )  # fmt: skip
     run.model.train()
     step = run.start
     kept = run.state.state_dict() if run.state else None  # the method state as of `step`, for Ctrl-C
     try:
         while step < run.total_steps:
             adjust_threads()  # as many threads as there are free cores (thumbs.cores)
-            train_step(
+            fault = train_step(
                 run, [order(step * cfg.train.grad_accum + a) for a in range(cfg.train.grad_accum)], tally
             )
             step += 1
-            kept = run.state.state_dict() if run.state else None
             bar.update(1)
+            if fault:
+                if run.state:  # the skipped step's microbatches do not count in the method's state either
+                    run.state.load_state_dict(kept)
+                run.skipped += 1
+                if run.skipped > cfg.train.skip_nonfinite_steps:
+                    bar.close()
+                    _stop_nonfinite(run, step, fault)
+                run.say(f"\nthumbs: step {step} skipped: {fault}")
+            kept = run.state.state_dict() if run.state else None
             if step % cfg.train.log_every == 0 or step == run.total_steps:
                 record = tally.record(
                     step, run.per_epoch, cfg, run.scheduler.get_last_lr()[0], run.accelerator
@@ -242,13 +255,33 @@ def loop(run: Run) -> None:
     bar.close()
 
 
-def train_step(run: Run, microbatches: list[list[int]], tally) -> None:
-    """One optimizer step: forward, loss and backward for each microbatch, then clip and step."""
+def _stop_nonfinite(run: Run, step: int, fault: str):
+    from thumbs.train.checkpoint import complete_checkpoints
+
+    kept = complete_checkpoints(run.run_dir)
+    allowed = run.cfg.train.skip_nonfinite_steps
+    raise ThumbsError(
+        f"training stopped at step {step}: {fault}"
+        + (f" ({run.skipped} bad steps, train.skip_nonfinite_steps allows {allowed})" if allowed else "")
+        + (f"; the last good checkpoint is step-{kept[-1]}" if kept else "; no model was saved"),
+        file=str(run.run_dir),
+        hint="check those examples and the learning rate; or lower train.learning_rate / set train.max_grad_norm, "
+        "or allow skipping with train.skip_nonfinite_steps",
+    )
+
+
+def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
+    """One optimizer step: forward, loss and backward for each microbatch, then clip and step.
+
+    A NaN or infinite loss or gradient norm updates nothing: the gradients are dropped and what
+    went wrong comes back (the step counts as skipped); None when the step was taken.
+    """
     import torch
 
     cfg, accelerator, method = run.cfg, run.accelerator, run.method
     world, last = accelerator.num_processes, len(microbatches) - 1
     examples = cfg.train.batch_size * world * len(microbatches)  # the accumulated global batch
+    bad = []  # (microbatch, examples) whose loss is not finite, on this process
     for a, index in enumerate(microbatches):
         label = run.items.label[index].to(accelerator.device)
         weight = run.items.weight[index].to(accelerator.device)
@@ -261,14 +294,34 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> None:
             losses, metrics = method.loss(policy, tokens, ref, label, cfg, _all_reduce(world), run.state)
             # mean over the accumulated global batch; DDP averages gradients over processes
             accelerator.backward((losses * weight).sum() * world / examples)
+        if not torch.isfinite(losses * weight).all():
+            bad.append((a, index))
         tally.microbatch(metrics, losses * weight, real_tokens)
     # an infinite limit measures the norm without clipping; under FSDP2 it comes back as a DTensor
     norm = accelerator.clip_grad_norm_(run.trainable, cfg.train.max_grad_norm or float("inf"))
-    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    flagged = (
+        len(bad) if world == 1 else int(accelerator.reduce(torch.tensor(len(bad), device=accelerator.device)))
+    )
+    if flagged or not math.isfinite(norm):  # the norm is global, the flag summed: every process agrees
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()  # the step is spent: the schedule stays in step with the step count
+        tally.skip()
+        return _nonfinite(norm, bad, flagged)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    tally.step(float(norm))
+    tally.step(norm)
+    return None
+
+
+def _nonfinite(norm: float, bad: list, flagged: int) -> str:
+    """What a skipped step saw, with the training examples (0-based, after the data options) to look at."""
+    if not bad:
+        where = f"on another process ({flagged} microbatch(es))" if flagged else "with a finite loss"
+        return f"gradient norm {norm} {where}"
+    shown = ", ".join(f"microbatch {a}: examples {index[:8]}" for a, index in bad[:3])
+    return f"non-finite loss ({shown}); gradient norm {norm}"
 
 
 def forward(run: Run, roles: tuple[str, ...], index: list[int]):
@@ -351,7 +404,10 @@ def train_command(
     output_dir: str = typer.Option(None, "--output-dir", "-o", help="Run folder (overrides output_dir)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.max_steps=10"),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue from the last checkpoint in the run folder."
+        False, "--resume", help="Continue the run in the folder from its newest checkpoint that loads."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Clear another run's files from the run folder first."
     ),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (Accelerate/torch.distributed)."),
 ):
@@ -366,6 +422,6 @@ def train_command(
 
         raise typer.Exit(launch(nproc, sys.argv[1:]))
     try:
-        train(cfg, resume=resume)
+        train(cfg, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -16,41 +16,50 @@ class Tally:
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.kl, self.micro, self.grad_norm, self.steps, self.tokens = 0.0, 0, 0.0, 0, 0
+        self.kl, self.micro, self.grad_norm, self.steps, self.tokens, self.skipped = 0.0, 0, 0.0, 0, 0, 0
+        self.pending: list[tuple[dict, float, int]] = []  # this step's microbatches, until it counts
         self.t0 = time.perf_counter()
 
     def microbatch(self, metrics: dict, weighted_losses: torch.Tensor, tokens: int) -> None:
         """One microbatch's method metrics (sums), its weighted losses and its real token count."""
-        self.kl += float(metrics.pop("kl", 0.0))
-        self.micro += 1
-        self.tokens += tokens
+        kl = float(metrics.pop("kl", 0.0))
         metrics["loss_sum"] = weighted_losses.detach().sum()
         metrics["count"] = torch.tensor(float(len(weighted_losses)), device=weighted_losses.device)
-        for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+        self.pending.append(({k: v.detach().float() for k, v in metrics.items()}, kl, tokens))
 
     def step(self, grad_norm: float) -> None:
+        """The step's microbatches count: it updated the model."""
+        for metrics, kl, tokens in self.pending:
+            for key, value in metrics.items():
+                self.sums[key] = self.sums.get(key, 0.0) + value
+            self.kl, self.micro, self.tokens = self.kl + kl, self.micro + 1, self.tokens + tokens
+        self.pending = []
         self.grad_norm += grad_norm
         self.steps += 1
 
+    def skip(self) -> None:
+        """The step was skipped (a non-finite loss or gradient norm): its numbers are left out."""
+        self.pending = []
+        self.skipped += 1
+
     def record(self, step: int, per_epoch: int, cfg, lr: float, accelerator) -> dict:
         """The interval's line (a collective: every process calls it), then a fresh interval."""
-        keys = sorted(self.sums)
-        # some counts (SFT's) are made on the CPU: move them where the reduce runs
-        stacked = torch.stack([self.sums[k].to(accelerator.device) for k in keys])
-        totals = dict(zip(keys, accelerator.reduce(stacked, "sum").tolist()))
         seconds = time.perf_counter() - self.t0
-        tokens = accelerator.reduce(torch.tensor(float(self.tokens), device=accelerator.device), "sum")
-        record = {
-            "step": step,
-            "epoch": round(step * cfg.train.grad_accum / per_epoch, 4),
-            "loss": totals["loss_sum"] / max(totals["count"], 1),
-            "lr": lr,
-            "grad_norm": self.grad_norm / max(self.steps, 1),
-            "tokens_per_second": float(tokens) / max(seconds, 1e-9),
-            "examples": int(totals["count"]),
-        }
-        record.update(_method_metrics(cfg.method, totals, self.kl / max(self.micro, 1)))
+        record = {"step": step, "epoch": round(step * cfg.train.grad_accum / per_epoch, 4), "lr": lr}
+        if self.steps:  # every process skips the same steps, so all take this branch or none
+            keys = sorted(self.sums)
+            # some counts (SFT's) are made on the CPU: move them where the reduce runs
+            stacked = torch.stack([self.sums[k].to(accelerator.device) for k in keys])
+            totals = dict(zip(keys, accelerator.reduce(stacked, "sum").tolist()))
+            tokens = accelerator.reduce(torch.tensor(float(self.tokens), device=accelerator.device), "sum")
+            record |= {
+                "loss": totals["loss_sum"] / max(totals["count"], 1),
+                "grad_norm": self.grad_norm / self.steps,
+                "tokens_per_second": float(tokens) / max(seconds, 1e-9),
+                "examples": int(totals["count"]),
+            }
+            record.update(_method_metrics(cfg.method, totals, self.kl / max(self.micro, 1)))
+        record["skipped_steps"] = self.skipped  # in this interval: no update, numbers left out
         self.__init__()
         return record
 
@@ -84,11 +93,27 @@ def append(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop logged steps after the checkpoint: they are about to be logged again."""
+def truncate_metrics(path: Path, step: int, say=print) -> list[dict]:
+    """On resume, drop logged steps after the checkpoint (they are about to be logged again) and
+    any line a kill cut short; returns the records kept."""
+    from thumbs.folders import write_text
+
     if not path.exists():
-        return
-    kept = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
+        return []
+    kept, cut = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError
+        except ValueError:  # JSONDecodeError is a ValueError
+            cut += 1
+            continue
+        if record["step"] <= step:
+            kept.append(record)
+    if cut:
+        say(f"thumbs: note: dropped {cut} unreadable line(s) of {path} (a run stopped mid-write)")
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept

@@ -23,16 +23,19 @@ from thumbs.train.logprobs import completion_logps
 from thumbs.train.methods import Items
 
 
-def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int) -> str:
-    """Hash of the reference weights (adapters excluded) and of the sequences for ``roles``."""
+def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int, how: dict | None = None) -> str:
+    """Hash of the reference weights (adapters excluded), of the sequences for ``roles``, and of
+    ``how`` they are computed (batch, chunk, processes, device, dtype, torch): the same key means
+    the same numbers to the last bit, not merely the same numbers to float rounding."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{roles}|{max_length}".encode())
+    digest.update(f"{roles}|{max_length}|{sorted((how or {}).items())}".encode())
     for name, param in sorted(model.state_dict().items()):
         if "lora_" in name:
             continue
         digest.update(name.encode())
         digest.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     for role in roles:
+        digest.update(f"|{role}|{len(items.seqs[role])}".encode())
         for ids, start in items.seqs[role]:
             digest.update(torch.tensor(ids + [-start], dtype=torch.int32).numpy().tobytes())
     return digest.hexdigest()
@@ -82,25 +85,34 @@ def compute_reference_logps(
 
 
 def reference_logps(
-    model, items: Items, roles, *, run_dir: Path, max_length: int, accelerator=None, **kwargs
+    model, items: Items, roles, *, run_dir: Path, max_length: int, accelerator=None, say=print, **kwargs
 ):
-    """Load from the run folder (resume), else the global cache, else compute and store in both.
+    """From the run folder or the global cache when their fingerprint is this model's, these tokens'
+    and this computation's; else computed and stored in both.
 
-    Under several processes only the main process reads and writes these files and hands what it
-    found to the others, so no rank reads a file while another writes it, and all ranks take the
-    same path: compute together (sharded), or not at all.
+    A file whose fingerprint differs (another run's leftovers, data that grew, another batch size)
+    is never used. Under several processes only the main process reads and writes these files and
+    hands what it found to the others, so no rank reads a file while another writes it, and all
+    ranks take the same path: compute together (sharded), or not at all.
     """
     if not roles:
         return {}
     main = accelerator is None or accelerator.is_main_process
-    run_file, cached, logps = Path(run_dir) / "reference_logps.pt", None, None
+    run_file, key, cached, logps = Path(run_dir) / "reference_logps.pt", None, None, None
     if main:
-        if run_file.exists():
-            logps = torch.load(run_file)
-        else:
-            key = fingerprint(model, items, tuple(roles), max_length)
-            cached = cache_dir("reference") / f"{key}.pt"
-            logps = torch.load(cached) if cached.exists() else None
+        device = next(model.parameters()).device
+        how = {"batch": kwargs.get("batch_size"), "chunk": kwargs.get("chunk_size"), "device": device.type,
+               "dtype": str(next(model.parameters()).dtype), "torch": torch.__version__,
+               "processes": accelerator.num_processes if accelerator else 1}  # fmt: skip
+        key = fingerprint(model, items, tuple(roles), max_length, how)
+        cached = cache_dir("reference") / f"{key}.pt"
+        stored = _load(run_file, say)
+        if stored is not None and stored.get("fingerprint") == key:
+            logps = stored.get("logps")
+        elif cached.exists():
+            logps = _load(cached, say)
+        if logps is not None and not _fits(logps, items, roles):
+            logps = None
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -109,9 +121,30 @@ def reference_logps(
         logps = compute_reference_logps(model, items, tuple(roles), accelerator=accelerator, **kwargs)
         if main:
             _save_atomic(logps, cached)
-    if main and not run_file.exists():
-        _save_atomic(logps, run_file)
+    if main:
+        _save_atomic({"fingerprint": key, "logps": logps}, run_file)
     return logps
+
+
+def _load(path: Path, say) -> dict | None:
+    """A cached file's contents (tensors and plain types only), None when absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a cut or foreign file is recomputed, not trusted
+        say(f"thumbs: note: ignoring {path}: it does not load ({type(err).__name__})")
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _fits(logps: dict, items: Items, roles) -> bool:
+    return all(
+        torch.is_tensor(logps.get(r))
+        and logps[r].shape == (len(items.seqs[r]),)
+        and bool(logps[r].isfinite().all())
+        for r in roles
+    )
 
 
 def _save_atomic(obj, path: Path) -> None:

@@ -198,6 +198,20 @@ def in_turn(accelerator, build):
     return build() if result is None else result
 
 
+def same_checkpoint(accelerator, step: int) -> None:
+    """Every process resumes from the same step (each reads its own random state, so may skip another)."""
+    if accelerator.num_processes == 1:
+        return
+    import torch
+
+    steps = accelerator.gather(torch.tensor([step], device=accelerator.device)).tolist()
+    if len(set(steps)) > 1:
+        raise ThumbsError(
+            f"the processes found different checkpoints to resume from (steps {steps})",
+            hint="see the skipped checkpoints above; remove the broken one or pass --overwrite",
+        )
+
+
 def digest(items) -> int:
     """A 63-bit fingerprint of the tokenized examples, their labels and weights, in order."""
     import hashlib
