@@ -64,7 +64,8 @@ def train_or_reuse(cfg) -> Path:
     if (run_dir / "final").exists():
         print(f"thumbs: reusing the finished run in {run_dir}")
     else:
-        train(cfg, resume=(run_dir / "checkpoints").exists())
+        resume = (run_dir / "checkpoints").is_dir()  # else what a stopped attempt left is cleared
+        train(cfg, resume=resume, overwrite=not resume)
     return run_dir
 
 
