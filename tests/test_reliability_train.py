@@ -373,3 +373,30 @@ def test_the_same_config_and_seed_give_identical_metrics_and_weights(tmp_path, m
     assert a == b
     wa, wb = _weights(runs[0]), _weights(runs[1])
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from thumbs.folders import owned
+    with owned(sys.argv[1], "test-holder"):
+        print("held", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_under_two_processes_a_folder_in_use_stops_every_process_with_the_message(tmp_path, data):
+    config = _config(tmp_path, data)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              text=True, env=_env())  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = _thumbs("train", config, "--nproc", "2", timeout=240)  # only the main process locks
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "in use by another thumbs command (pid=" in result.stderr and "test-holder" in result.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()

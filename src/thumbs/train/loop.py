@@ -78,9 +78,8 @@ def setup(cfg: Config, *, resume: bool, overwrite: bool = False, hold: contextli
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    from thumbs.train import runfolder
+    from thumbs.train import runfolder, trackers
     from thumbs.train import setup as parts
-    from thumbs.train import trackers
     from thumbs.train.checkpoint import read_checkpoint, restore
     from thumbs.train.logprobs import CompletionLogps
     from thumbs.train.methods import METHODS, build_items
@@ -202,7 +201,7 @@ def loop(run: Run) -> None:
     from thumbs.cores import adjust_threads
     from thumbs.train.batches import Microbatches
     from thumbs.train.checkpoint import save_checkpoint
-    from thumbs.train.metrics import Tally, append
+    from thumbs.train.metrics import Tally, append, nonfinite_error
 
     cfg = run.cfg
     order = Microbatches(run.items.lengths(), cfg, run.accelerator, run.per_epoch)
@@ -231,7 +230,9 @@ def loop(run: Run) -> None:
                 run.skipped += 1
                 if run.skipped > cfg.train.skip_nonfinite_steps:
                     bar.close()
-                    _stop_nonfinite(run, step, fault)
+                    raise nonfinite_error(
+                        run.run_dir, step, fault, run.skipped, cfg.train.skip_nonfinite_steps
+                    )
                 run.say(f"\nthumbs: step {step} skipped: {fault}")
             kept = run.state.state_dict() if run.state else None
             if step % cfg.train.log_every == 0 or step == run.total_steps:
@@ -253,21 +254,6 @@ def loop(run: Run) -> None:
         run.say(f"\nthumbs: interrupted; saved {checkpoint(step)}. Continue with --resume.")
         raise
     bar.close()
-
-
-def _stop_nonfinite(run: Run, step: int, fault: str):
-    from thumbs.train.checkpoint import complete_checkpoints
-
-    kept = complete_checkpoints(run.run_dir)
-    allowed = run.cfg.train.skip_nonfinite_steps
-    raise ThumbsError(
-        f"training stopped at step {step}: {fault}"
-        + (f" ({run.skipped} bad steps, train.skip_nonfinite_steps allows {allowed})" if allowed else "")
-        + (f"; the last good checkpoint is step-{kept[-1]}" if kept else "; no model was saved"),
-        file=str(run.run_dir),
-        hint="check those examples and the learning rate; or lower train.learning_rate / set train.max_grad_norm, "
-        "or allow skipping with train.skip_nonfinite_steps",
-    )
 
 
 def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
@@ -307,21 +293,14 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
         run.optimizer.zero_grad(set_to_none=True)
         run.scheduler.step()  # the step is spent: the schedule stays in step with the step count
         tally.skip()
-        return _nonfinite(norm, bad, flagged)
+        from thumbs.train.metrics import describe_nonfinite
+
+        return describe_nonfinite(norm, bad, flagged)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     tally.step(norm)
     return None
-
-
-def _nonfinite(norm: float, bad: list, flagged: int) -> str:
-    """What a skipped step saw, with the training examples (0-based, after the data options) to look at."""
-    if not bad:
-        where = f"on another process ({flagged} microbatch(es))" if flagged else "with a finite loss"
-        return f"gradient norm {norm} {where}"
-    shown = ", ".join(f"microbatch {a}: examples {index[:8]}" for a, index in bad[:3])
-    return f"non-finite loss ({shown}); gradient norm {norm}"
 
 
 def forward(run: Run, roles: tuple[str, ...], index: list[int]):

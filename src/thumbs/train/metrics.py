@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from thumbs.errors import ThumbsError
+
 
 class Tally:
     """The running sums of one log interval. The loop adds each microbatch and each optimizer step;
@@ -86,6 +88,31 @@ def _method_metrics(method: str, totals: dict, kl: float) -> dict:
     else:
         record["nll"] = totals["nll_sum"] / max(totals["nll_count"], 1)
     return record
+
+
+def describe_nonfinite(norm: float, bad: list, flagged: int) -> str:
+    """What a skipped step saw: the microbatches (index, example numbers: 0-based rows of the
+    training table after the data options) whose loss was not finite, and the gradient norm."""
+    if not bad:
+        where = f"on another process ({flagged} microbatch(es))" if flagged else "with a finite loss"
+        return f"gradient norm {norm} {where}"
+    shown = ", ".join(f"microbatch {a}: examples {index[:8]}" for a, index in bad[:3])
+    return f"non-finite loss ({shown}); gradient norm {norm}"
+
+
+def nonfinite_error(run_dir: Path, step: int, fault: str, skipped: int, allowed: int) -> ThumbsError:
+    """The run stops: no update was made from the bad step; the last checkpoint stays as it was."""
+    from thumbs.train.checkpoint import complete_checkpoints
+
+    kept = complete_checkpoints(run_dir)
+    return ThumbsError(
+        f"training stopped at step {step}: {fault}"
+        + (f" ({skipped} bad steps, train.skip_nonfinite_steps allows {allowed})" if allowed else "")
+        + (f"; the last good checkpoint is step-{kept[-1]}" if kept else "; no model was saved"),
+        file=str(run_dir),
+        hint="look at those examples; lower train.learning_rate or set train.max_grad_norm, "
+        "or let train.skip_nonfinite_steps skip a few bad steps",
+    )
 
 
 def append(path: Path, record: dict) -> None:

@@ -15,9 +15,11 @@ from pathlib import Path
 from thumbs.errors import ThumbsError
 from thumbs.folders import make_dir, owned
 
-# What a training run writes into its folder (eval.json: an evaluation of that run's model).
+# What a training run writes into its folder (eval.json: an evaluation of that run's model; the
+# rest of the second line: train.report_to's trackers, thumbs.train.trackers).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "data_summary.json", "reference_logps.pt", "checkpoints",
-             "final", ".tmp-final", "base_model", "eval.json")  # fmt: skip
+             "final", ".tmp-final", "base_model", "eval.json",
+             "trackers.json", "tensorboard", "mlruns", "wandb")  # fmt: skip
 
 # Keys that may change between a run and its resumption: where it goes, how long, how often it logs.
 RESUMABLE = {"output_dir", "train.max_steps", "train.epochs", "train.log_every", "train.save_every",
