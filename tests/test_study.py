@@ -59,11 +59,11 @@ def _counting_train(monkeypatch, fail_on: int | None = None):
 
     real, calls = loop.train, []
 
-    def train(cfg, *, resume=False):
+    def train(cfg, *, resume=False, overwrite=False):
         calls.append(Path(cfg.output_dir).name)
         if fail_on is not None and len(calls) == fail_on:
             raise KeyboardInterrupt
-        return real(cfg, resume=resume)
+        return real(cfg, resume=resume, overwrite=overwrite)
 
     monkeypatch.setattr(loop, "train", train)
     return calls

@@ -138,7 +138,7 @@ def run_cell(spec: StudySpec, cell: Cell, out: Path, say=print) -> dict:
                 ]
             say(f"thumbs study: training {cell.name}" + (" (resuming)" if resume else ""))
             started = time.perf_counter()
-            train(cfg, resume=resume)
+            train(cfg, resume=resume, overwrite=not resume)  # else a stopped attempt's files are cleared
             timing["train"] = round(time.perf_counter() - started, 1)
         stage = "eval"
         if _eval_matches(spec, cell_dir / "eval.json"):

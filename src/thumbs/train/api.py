@@ -14,8 +14,8 @@ from thumbs.quiet import quiet
 
 
 def train(config: Config | dict | str | Path | None = None, *, output_dir: str | Path | None = None,
-          set: dict | list | None = None, resume: bool = False) -> Path:  # fmt: skip
-    """``thumbs train CONFIG [-o DIR] [--set k=v ...] [--resume]``; the run folder.
+          set: dict | list | None = None, resume: bool = False, overwrite: bool = False) -> Path:  # fmt: skip
+    """``thumbs train CONFIG [-o DIR] [--set k=v ...] [--resume | --overwrite]``; the run folder.
 
     ``set`` overrides keys as ``{"train.max_steps": 10}`` (or ``["train.max_steps=10"]``).
     """
@@ -36,7 +36,7 @@ def train(config: Config | dict | str | Path | None = None, *, output_dir: str |
     cfg = _validate(tree, memory)
     run_dir = Path(cfg.output_dir)
     if memory:
-        if (run_dir / "final").exists() and not resume:
+        if (run_dir / "final").exists() and not (resume or overwrite):
             raise ThumbsError("the output folder already holds a finished run", file=str(run_dir),
                               hint="pass resume=True or another output_dir")  # fmt: skip
         paths = [str(write_table(table, run_dir / "data")) for _, table in sorted(memory.items())]
@@ -45,7 +45,7 @@ def train(config: Config | dict | str | Path | None = None, *, output_dir: str |
         if len(cfg.data.train) == 1:
             cfg.data.train = cfg.data.train[0]
     with quiet():
-        return run_train(cfg, resume=resume)
+        return run_train(cfg, resume=resume, overwrite=overwrite)
 
 
 def _tree(config) -> dict:

@@ -191,3 +191,20 @@ def restore(checkpoint: Checkpoint, model, optimizer, scheduler, method_state=No
 def _inner(optimizer):
     """The torch optimizer under Accelerate's wrapper."""
     return getattr(optimizer, "optimizer", optimizer)
+
+
+def save_final(model, tokenizer, run_dir: Path, cfg) -> None:
+    """``final/``: the model (or adapter), its tokenizer and model card, renamed into place whole."""
+    from thumbs.train.card import write_card
+
+    final, tmp = run_dir / "final", run_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if cfg.model.lora.enabled and cfg.model.merge_lora:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(tmp / "merged")
+        tokenizer.save_pretrained(tmp / "merged")
+    write_card(tmp, run_dir, cfg)  # final/README.md, in place before final/ appears
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)

@@ -342,6 +342,8 @@ class _null:
 
 def save(run: Run) -> None:
     """The final model (the adapter under LoRA), written whole into ``final/`` or not at all."""
+    from thumbs.train.checkpoint import save_final
+
     if run.layout == "FSDP":  # gather the shards (every process) ...
         from thumbs.train.checkpoint import gathered_state
         from thumbs.train.setup import build_model
@@ -350,32 +352,13 @@ def save(run: Run) -> None:
         if run.main:  # ... then save a plain copy from the main one
             plain = build_model(run.cfg, run.source)
             plain.load_state_dict(weights)  # strict: a name that does not match would save the start
-            _save_final(plain, run.tokenizer, run.run_dir, run.cfg)
+            save_final(plain, run.tokenizer, run.run_dir, run.cfg)
     elif run.main:
-        _save_final(run.model, run.tokenizer, run.run_dir, run.cfg)
+        save_final(run.model, run.tokenizer, run.run_dir, run.cfg)
     d = run.run_dir
     run.say(f"thumbs: done. Run folder: {d}\n  metrics: {d / 'metrics.jsonl'}\n  model:   {d / 'final'}")
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()  # closes the trackers' runs; under DDP it also ends the process group
-
-
-def _save_final(model, tokenizer, run_dir: Path, cfg: Config) -> None:
-    import os
-    import shutil
-
-    from thumbs.train.card import write_card
-
-    final, tmp = run_dir / "final", run_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if cfg.model.lora.enabled and cfg.model.merge_lora:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(tmp / "merged")
-        tokenizer.save_pretrained(tmp / "merged")
-    write_card(tmp, run_dir, cfg)  # final/README.md, in place before final/ appears
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
 
 
 def train_command(
