@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,9 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
     )
     if flagged or not math.isfinite(norm):  # the norm is global, the flag summed: every process agrees
         run.optimizer.zero_grad(set_to_none=True)
-        run.scheduler.step()  # the step is spent: the schedule stays in step with the step count
+        with warnings.catch_warnings():  # "scheduler before optimizer": no update was made, as intended
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            run.scheduler.step()  # the step is spent: the schedule stays in step with the step count
         tally.skip()
         from thumbs.train.metrics import describe_nonfinite
 
