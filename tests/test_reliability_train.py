@@ -118,7 +118,9 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_chec
 ):
     _nan_loss_at(monkeypatch, {5})
     result = _cli(_config(tmp_path, data, train__max_steps=8, train__save_every=2))
-    out = _error(result, "training stopped at step 5", "non-finite loss", "examples [", "step-4")
+    out = _error(
+        result, "training stopped at step 5", "non-finite loss", "examples [", "step-4", "completion: 'The "
+    )
     run = tmp_path / "run"
     assert not (run / "final").exists()
     assert checkpoint_module.complete_checkpoints(run) == [2, 4]
@@ -400,3 +402,22 @@ def test_under_two_processes_a_folder_in_use_stops_every_process_with_the_messag
     assert result.returncode == 2, result.stderr[-3000:]
     assert "in use by another thumbs command (pid=" in result.stderr and "test-holder" in result.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_the_same_config_and_seed_in_another_process_give_the_same_run(tmp_path):
+    """In this process, then as ``thumbs train`` in a fresh one with another hash seed and its own
+    cache: nothing outside the config and seed (set order, a warm cache) changes the run."""
+    data = write_jsonl(tmp_path / "d.jsonl", toy_feedback(64, seed=4))
+    here = train(
+        tiny_config(tmp_path / "here", data, train__max_steps=4, data__limit=40, model__lora__dropout=0.1)
+    )
+    config = _config(tmp_path / "there", data, train__max_steps=4, data__limit=40, model__lora__dropout=0.1)
+    env = {**_env(), "PYTHONHASHSEED": "12345", "THUMBS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "thumbs", "train", str(config)], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    there = tmp_path / "there" / "run"
+    drop = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_second"} for m in ms]  # noqa: E731
+    assert drop(_metrics(here)) == drop(_metrics(there))
+    wa, wb = _weights(here), _weights(there)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

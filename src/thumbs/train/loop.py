@@ -298,7 +298,7 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
         tally.skip()
         from thumbs.train.metrics import describe_nonfinite
 
-        return describe_nonfinite(norm, bad, flagged)
+        return describe_nonfinite(norm, bad, flagged, run.items, run.tokenizer)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)

@@ -90,13 +90,19 @@ def _method_metrics(method: str, totals: dict, kl: float) -> dict:
     return record
 
 
-def describe_nonfinite(norm: float, bad: list, flagged: int) -> str:
+def describe_nonfinite(norm: float, bad: list, flagged: int, items=None, tokenizer=None) -> str:
     """What a skipped step saw: the microbatches (index, example numbers: 0-based rows of the
-    training table after the data options) whose loss was not finite, and the gradient norm."""
+    training table after the data options) whose loss was not finite, the first one's completion
+    (to find it in the data), and the gradient norm."""
     if not bad:
         where = f"on another process ({flagged} microbatch(es))" if flagged else "with a finite loss"
         return f"gradient norm {norm} {where}"
     shown = ", ".join(f"microbatch {a}: examples {index[:8]}" for a, index in bad[:3])
+    if items is not None and tokenizer is not None:
+        first = bad[0][1][0]
+        ids, start = items.seqs[next(iter(items.seqs))][first]
+        text = tokenizer.decode(ids[start:], skip_special_tokens=True).strip()
+        shown += f"; example {first}'s completion: {text[:60]!r}"
     return f"non-finite loss ({shown}); gradient norm {norm}"
 
 
