@@ -421,3 +421,38 @@ def test_the_same_config_and_seed_in_another_process_give_the_same_run(tmp_path)
     assert drop(_metrics(here)) == drop(_metrics(there))
     wa, wb = _weights(here), _weights(there)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+NAN_ON_RANK_1 = textwrap.dedent(
+    """
+    import math, os, sys
+    from thumbs.train.methods import METHODS
+    real, calls = METHODS["kto"].loss, [0]
+    def loss(*args, **kwargs):  # the third microbatch of process 1 only turns NaN
+        losses, metrics = real(*args, **kwargs)
+        calls[0] += 1
+        return (losses * math.nan if os.environ["RANK"] == "1" and calls[0] == 3 else losses), metrics
+    METHODS["kto"].loss = loss
+    from thumbs.cli import app
+    app(sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_under_two_processes_a_nan_loss_on_one_stops_both_at_the_same_step(tmp_path, data):
+    config = _config(tmp_path, data, train__batch_size=2, train__max_steps=6, train__save_every=2)
+    entry = tmp_path / "entry.py"
+    entry.write_text(NAN_ON_RANK_1)
+    accelerate = ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples" / "accelerate" / "ddp.yaml"),
+                  "--num_processes", "2", "--main_process_port", "0"]  # fmt: skip
+    result = subprocess.run([sys.executable, *accelerate, str(entry), "train", str(config)], capture_output=True,
+                            text=True, env={**_env(), "THUMBS_CACHE": str(tmp_path / "cache")}, timeout=240)  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.count("training stopped at step 3") == 2, result.stderr[
+        -3000:
+    ]  # each process says it
+    assert "non-finite loss (microbatch 0" in result.stderr and "on another process" in result.stderr
+    run = tmp_path / "run"
+    assert not (run / "final").exists() and checkpoint_module.complete_checkpoints(run) == [2]
+    assert [m["step"] for m in _metrics(run)] == [1, 2]
