@@ -293,7 +293,7 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
     if flagged or not math.isfinite(norm):  # the norm is global, the flag summed: every process agrees
         run.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # "scheduler before optimizer": no update was made, as intended
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             run.scheduler.step()  # the step is spent: the schedule stays in step with the step count
         tally.skip()
         from thumbs.train.metrics import describe_nonfinite
