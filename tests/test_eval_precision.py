@@ -259,3 +259,33 @@ def test_head_to_head_pairs_two_runs_on_the_same_prompts_and_streams(tmp_path):
     assert json.loads((run_b / "versus-a.json").read_text())["n"] == 4
     refused = CliRunner().invoke(app, ["eval", str(run_b), "--against", str(run_a), "--reference", "x"])
     assert refused.exit_code == 2 and "--against" in refused.output
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "granite", "cohere"])
+def test_head_logits_finish_as_the_models_own_forward(family):
+    """Families that rescale or cap their logits after the head: the decode loop must do the same."""
+    import transformers
+
+    shape = dict(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=8)  # fmt: skip
+    extra = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"final_logit_softcapping": 0.5}),
+        "granite": ("GraniteConfig", "GraniteForCausalLM", {"logits_scaling": 4.0}),
+        "cohere": ("CohereConfig", "CohereForCausalLM", {"logit_scale": 3.0}),
+    }[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, extra[0])(**shape, **extra[2])
+    model = getattr(transformers, extra[1])(config).eval()
+    from thumbs.eval.sampling import head_logits
+
+    ids = torch.tensor([[3, 5, 7, 9]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[0]
+        hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0]
+        assert head_logits(model, hidden) == pytest.approx(expected, abs=1e-5)
+    samples = generate(model, SimpleNamespace(eos_token_id=1, pad_token_id=0), [[3, 5], [7]], [1, 2],
+                       max_new_tokens=5, temperature=1.0, top_p=1.0, batch_size=2)  # fmt: skip
+    oracle = transformers_generate(model, SimpleNamespace(eos_token_id=1, pad_token_id=0), [[3, 5], [7]], [1, 2],
+                                   max_new_tokens=5, temperature=1.0, top_p=1.0, batch_size=2)  # fmt: skip
+    assert samples == oracle

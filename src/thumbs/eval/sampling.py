@@ -103,11 +103,20 @@ def base_model(model: Any) -> Any:
 
 
 def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head on ``hidden`` [..., H], in (at least) float32, with the model's logit softcap."""
+    """The LM head on ``hidden`` [..., H], in (at least) float32, as the model's forward finishes it.
+
+    The model families that change their logits after the head: Gemma 2's softcap, Granite's
+    ``logits_scaling`` (divides), Cohere's ``logit_scale`` (multiplies).
+    """
     base = base_model(model)
     logits = base.get_output_embeddings()(hidden)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    softcap = getattr(base.config, "final_logit_softcapping", None)
+    config = base.config
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    softcap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
