@@ -173,7 +173,7 @@ def generate(
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), batch_size):
             rows = prompt_ids[start : start + batch_size]
-            uniforms = sample_uniforms(seeds[start : start + batch_size], max_new_tokens)
+            uniforms = sample_uniforms(seeds[start : start + batch_size], max_new_tokens).to(device)
             cache, hidden, attention_mask, position = prefill(model, rows, pad_id)
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             picked, states = [], []
