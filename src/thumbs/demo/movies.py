@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from thumbs.demo.runs import FULL, QUICK, evaluate_or_reuse, run_config, stage, train_or_reuse
+from thumbs.demo.runs import FULL, QUICK, evaluate_or_reuse, run_config, stage, stage_times, train_or_reuse
+from thumbs.folders import write_text
 
 
 def run_demo(out: Path = Path("runs/demo"), *, quick: bool = False, model: str = "default") -> Path:
@@ -38,7 +39,7 @@ def run_demo(out: Path = Path("runs/demo"), *, quick: bool = False, model: str =
 
     stage(2, "Audit: balance, voters, conflicts, label noise")
     report = audit(data_dir)
-    (data_dir / "audit.json").write_text(json.dumps(report, indent=2, default=str))
+    write_text(data_dir / "audit.json", json.dumps(report, indent=2, default=str))
     print_audit(report, data_dir / "audit.json")
 
     runs = []
@@ -51,10 +52,11 @@ def run_demo(out: Path = Path("runs/demo"), *, quick: bool = False, model: str =
 
     stage(5, "Evaluate against the starting model (judge: VADER lexicon; labels came from people)")
     for run_dir in runs:
-        evaluate_or_reuse(run_dir, size, batch_size=16)
+        evaluate_or_reuse(run_dir, size)  # eval's default batch of 64: the same samples, faster than 16
 
     stage(6, "Report")
     path = compare(runs, out / "report.html", show=True)
     minutes = (time.perf_counter() - started) / 60
-    print(f"\nthumbs: demo finished in {minutes:.1f} min. Report: {path.resolve()}")
+    print("\n" + stage_times())
+    print(f"thumbs: demo finished in {minutes:.1f} min. Report: {path.resolve()}")
     return path

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thumbs.folders import write_text
 from thumbs.iterate.answers import answer
 from thumbs.iterate.population import Population, simulate_votes
 
@@ -65,7 +66,7 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
     manifest = ingest([str(log)], data_dir, eval_fraction=0.25)
     print_ingest(manifest, data_dir, 0.0)
     report = audit(data_dir)
-    (data_dir / "audit.json").write_text(json.dumps(report, indent=2, default=str))
+    write_text(data_dir / "audit.json", json.dumps(report, indent=2, default=str))
     print_audit(report, data_dir / "audit.json")
 
     variants = {

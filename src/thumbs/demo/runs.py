@@ -24,8 +24,27 @@ FULL = Size(examples=320, kto_steps=40, dpo_steps=25, eval_n=48, heldout=200, ma
 QUICK = Size(examples=160, kto_steps=12, dpo_steps=8, eval_n=16, heldout=100, max_new_tokens=32)
 
 
+_MARKS: list[tuple[int, str, float]] = []  # the stages begun so far: number, title, start time
+
+
 def stage(number: int, text: str) -> None:
+    """A numbered stage's header; its start is kept for ``stage_times``."""
+    import time
+
+    _MARKS.append((number, text, time.perf_counter()))
     print(f"\n━━ {number}. {text} " + "━" * max(0, 70 - len(text)), flush=True)
+
+
+def stage_times() -> str:
+    """How long each stage took, up to now, as lines to print at the end (and start afresh)."""
+    import time
+
+    ends = [t for _, _, t in _MARKS[1:]] + [time.perf_counter()]
+    lines = [
+        f"  {n}. {text.split(':')[0][:44]:44s} {end - t0:7.1f} s" for (n, text, t0), end in zip(_MARKS, ends)
+    ]
+    _MARKS.clear()
+    return "thumbs: time by stage\n" + "\n".join(lines)
 
 
 def run_config(method: str, data_dir: Path, out: Path, size: Size, model: str, extra: dict | None = None):
