@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,19 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def _run(command: list[str], cache: Path) -> subprocess.CompletedProcess:
     # a cache of its own: the processes compute the reference log-probs instead of finding them
     env = {**os.environ, "THUMBS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT
-    )
+    # a session of its own, so that a launch past its time takes its workers with it (a plain
+    # timeout kills only the launcher, and the workers wait at a barrier for ever)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if result.returncode not in (0, 2):
         print(result.stdout[-4000:], result.stderr[-8000:])
     return result
