@@ -26,7 +26,7 @@ from transformers import LogitsProcessor
 
 from thumbs.cores import adjust_threads
 from thumbs.tokenize import collate
-from thumbs.train.logprobs import completion_logps
+from thumbs.train.logprobs import base_model, completion_logps, head_logits
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -95,29 +95,6 @@ def stop_trimmed(ids: list[int], stops: list[int]) -> list[int]:
 
 def pad_id_of(tokenizer: Any, stops: list[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-
-
-def base_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper (LoRA layers stay active inside it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head on ``hidden`` [..., H], in (at least) float32, as the model's forward finishes it.
-
-    The model families that change their logits after the head: Gemma 2's softcap, Granite's
-    ``logits_scaling`` (divides), Cohere's ``logit_scale`` (multiplies).
-    """
-    base = base_model(model)
-    logits = base.get_output_embeddings()(hidden)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    config = base.config
-    if getattr(config, "logits_scaling", None):
-        logits = logits / config.logits_scaling
-    if getattr(config, "logit_scale", None):
-        logits = logits * config.logit_scale
-    softcap = getattr(config, "final_logit_softcapping", None)
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def prefill(model: Any, prompts: Sequence[list[int]], pad_id: int):
