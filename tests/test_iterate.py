@@ -218,3 +218,14 @@ def test_production_demo_rounds_run_both_variants_on_the_same_first_round(tmp_pa
 def test_demo_rounds_need_the_production_scenario():
     result = CliRunner().invoke(app, ["demo", "--rounds", "2"])
     assert result.exit_code == 2 and "--scenario production" in result.output
+
+
+def test_a_judge_that_gives_nan_stops_the_round_instead_of_voting(tmp_path):
+    """A NaN is above no threshold: taken as it is, it would become a silent thumbs-down."""
+    cfg, settings = small(tmp_path, rounds=1)
+    bad = tmp_path / "nanjudge.py"
+    bad.write_text("def score(prompt, completion):\n    return float('nan')\n")
+    settings = settings.model_copy(update={"judge": f"python:{bad}:score"})
+    with pytest.raises(ThumbsError, match="not a finite number"):
+        iterate(cfg, settings, tmp_path / "it")
+    assert not list((tmp_path / "it").glob("round-1/feedback*"))

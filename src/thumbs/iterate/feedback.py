@@ -49,11 +49,12 @@ def population_of(settings: IterateSettings):
 
 def _scores(settings: IterateSettings, answers: list[dict], device: str) -> list[float]:
     from thumbs.eval.heldout import prompt_text
-    from thumbs.eval.judges import make_judge
+    from thumbs.eval.judges import checked_scores, make_judge
 
     judge = make_judge(settings.judge, device=device)
     prompts = [prompt_text(a["prompt"], messages=True) for a in answers]
-    return judge.score(prompts, [a["completion"] for a in answers])
+    # a NaN is above no threshold: unchecked, it would become a silent thumbs-down
+    return checked_scores(judge, prompts, [a["completion"] for a in answers], "round's answer")
 
 
 def collect(
