@@ -60,7 +60,7 @@ def embedded_study(*, quick: bool = False, model: str = "default") -> dict:
             "n": 16 if quick else 48,
             "max_new_tokens": 32 if quick else 48,
             "max_heldout": 100 if quick else 200,
-            "batch_size": 64,  # eval's default: the same samples as 16, faster
+            "batch_size": 64,  # eval's default: about 1.9x the samples/s of 16
         },
     }
 
