@@ -76,19 +76,6 @@ class DataConfig(Strict):
     condition: Union[ConditionConfig, None] = None
 
 
-class KTOConfig(Strict):
-    beta: float = Field(0.1, gt=0)
-    desirable_weight: Union[float, Auto] = 1.0
-    undesirable_weight: Union[float, Auto] = 1.0
-
-    @field_validator("desirable_weight", "undesirable_weight")
-    @classmethod
-    def _positive(cls, value):
-        if value != "auto" and value <= 0:
-            raise ValueError("must be a positive number or 'auto'")
-        return value
-
-
 class ClassWeightedConfig(Strict):
     """β and class weights of an unpaired loss on β·log(π/π_ref); ``auto`` weights follow KTO's
     rule (λ_D·n_D / (λ_U·n_U) in [1, 4/3]) from the class counts, as for ``kto``."""
@@ -103,6 +90,10 @@ class ClassWeightedConfig(Strict):
         if value != "auto" and value <= 0:
             raise ValueError("must be a positive number or 'auto'")
         return value
+
+
+class KTOConfig(ClassWeightedConfig):
+    """KTO (Ethayarajh et al. 2024): β and the class weights λ_D, λ_U of its value function."""
 
 
 class BCOConfig(ClassWeightedConfig):
