@@ -155,6 +155,7 @@ def generate(
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             picked, states = [], []
             for step in range(max_new_tokens):
+                adjust_threads()  # cheap: it looks at the machine at most every 2 s (thumbs.cores)
                 if hidden_out is not None:
                     states.append(hidden)
                 logits = head_logits(model, hidden)
