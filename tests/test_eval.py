@@ -271,14 +271,59 @@ def test_a_run_on_the_builtin_movie_task_samples_its_prompt(workspace):
     assert result["heldout_auc"] is None  # nothing of the builtin data is held out
 
 
-def test_lora_run_uses_the_base_with_adapter_disabled_as_reference(workspace):
+def test_lora_run_is_evaluated_merged_or_with_its_adapter_off_to_the_same_numbers(
+    workspace, tmp_path, monkeypatch
+):
+    import thumbs.eval.policy as policy
+
     run = make_run(workspace, "lora", workspace / "start", lora=True)
-    result = evaluate(run, **FAST)
-    assert result["reference"] == str(workspace / "start")
-    assert result["kl"]["mean"] > 0
-    assert result["heldout"]["desirable"] == 4 and result["heldout"]["undesirable"] == 4
-    assert result["heldout_auc"] is not None
+    merged = evaluate(run, **FAST, reuse=False)
+    assert merged["policy_weights"] == "LoRA merged into a copy of its base"
+    assert merged["reference"] == str(workspace / "start")
+    assert merged["kl"]["mean"] > 0
+    assert merged["heldout"]["desirable"] == 4 and merged["heldout"]["undesirable"] == 4
+    assert merged["heldout_auc"] is not None
     assert (run / "eval.json").exists()
+    # without room for a second copy, the reference is the policy with its adapter switched off
+    monkeypatch.setattr(policy, "_room_for_copy", lambda model, device: False)
+    adapter = evaluate(run, **FAST, reuse=False, out=tmp_path / "adapter.json")
+    assert adapter["policy_weights"] == "LoRA adapter on its base, switched off for the reference"
+    assert [s["policy"] for s in adapter["samples"]] == [s["policy"] for s in merged["samples"]]
+    assert adapter["heldout_auc"] == merged["heldout_auc"]
+    for key in ("kl", "kl_tokens"):
+        assert adapter[key]["mean"] == pytest.approx(merged[key]["mean"], rel=1e-4, abs=1e-5)
+
+
+def test_evaluations_from_one_base_reuse_its_samples_and_heldout_scores_to_the_bit(
+    workspace, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("THUMBS_CACHE", str(tmp_path / "cache"))
+    first_run = make_run(workspace, "memo-a", workspace / "start", lora=True)
+    second_run = make_run(workspace, "memo-b", workspace / "start", lora=True)
+    first = evaluate(first_run, **FAST)
+    assert not first["reference_samples_reused"] and not first["heldout"]["reference_reused"]
+    second = evaluate(second_run, **FAST)
+    assert second["reference_samples_reused"] and second["heldout"]["reference_reused"]
+    fresh = evaluate(second_run, **FAST, reuse=False, out=tmp_path / "fresh.json")
+    assert not fresh["reference_samples_reused"] and not fresh["heldout"]["reference_reused"]
+    for key in ("reward", "reward_diff", "win_rate", "kl_tokens", "heldout", "length", "samples"):
+        if key == "heldout":
+            fresh[key]["reference_reused"] = True
+        assert second[key] == fresh[key], key
+    # a cached file cut short is recomputed, not trusted
+    for path in (tmp_path / "cache" / "eval").iterdir():
+        path.write_bytes(path.read_bytes()[:40])
+    cut = evaluate(second_run, **FAST, out=tmp_path / "cut.json")
+    assert not cut["reference_samples_reused"] and cut["reward_diff"] == fresh["reward_diff"]
+    # another starting model (other weights, same shapes and names) is another key
+    save_tiny(tmp_path / "other", seed=1)
+    other = evaluate(
+        make_run(tmp_path, "memo-c", tmp_path / "other", lora=True),
+        **FAST,
+        prompts=workspace / "prompts.txt",
+        heldout=str(workspace / "events.parquet"),
+    )
+    assert not other["reference_samples_reused"] and not other["heldout"]["reference_reused"]
 
 
 # ---- judges ---------------------------------------------------------------------------------------

@@ -54,9 +54,11 @@ def _beta(config, beta: float | None) -> float:
     return section.beta if hasattr(section, "beta") else config.kto.beta
 
 
-def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: int) -> dict:
+def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: int, reuse: bool) -> dict:
     import numpy as np
+    import torch
 
+    from thumbs.eval.memo import memo_key, remembered
     from thumbs.eval.sampling import sequence_logps
 
     pairs = [
@@ -67,7 +69,14 @@ def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: i
     pad = models.tokenizer.pad_token_id
     policy_logps = sequence_logps(models.policy, prompts, completions, pad, batch_size)
     with models.reference_scope() as reference:
-        reference_logps = sequence_logps(reference, prompts, completions, pad, batch_size)
+        how = {"pad": pad, "batch_size": batch_size}
+        key = memo_key(reference, "heldout-logps", how, [prompts, completions]) if reuse else None
+        logps, reused = remembered(
+            key,
+            lambda: torch.from_numpy(sequence_logps(reference, prompts, completions, pad, batch_size)),
+            lambda v: torch.is_tensor(v) and v.shape == (len(rows),) and bool(v.isfinite().all()),
+        )
+        reference_logps = logps.numpy()
     rewards = beta * (policy_logps - reference_logps)
     labels = np.array([bool(r["label"]) for r in rows])
     return {
@@ -77,6 +86,7 @@ def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: i
         "undesirable": int((~labels).sum()),
         "reward_desirable": float(rewards[labels].mean()) if labels.any() else None,
         "reward_undesirable": float(rewards[~labels].mean()) if (~labels).any() else None,
+        "reference_reused": reused,
     }
 
 
@@ -99,13 +109,16 @@ def evaluate(
     out: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    reuse: bool = True,
 ) -> dict:
     """Evaluate a run (or a model folder) against its reference; write eval.json and return its dict.
 
     ``prompts``: a file, a list, ``"eval-split"`` or None (the run's held-out prompts). ``heldout``:
     labelled feedback for the AUC (default: the run's eval split), at most ``max_heldout`` rows.
     ``rubric``: a file replacing a pairwise judge's default rubric.
-    ``out`` defaults to RUN/eval.json, or ./eval.json for a model folder.
+    ``out`` defaults to RUN/eval.json, or ./eval.json for a model folder. ``reuse``: take the
+    reference's samples and held-out log-probs from the cache when an earlier evaluation computed
+    exactly these (thumbs.eval.memo); False recomputes them.
     """
     import numpy as np
     import torch
@@ -114,6 +127,7 @@ def evaluate(
     from thumbs.eval.divergence import keep_sampling_states, kl_along_samples
     from thumbs.eval.heldout import choose_prompts, heldout_feedback, prompt_pool, prompt_text, run_feedback
     from thumbs.eval.judges import checked_scores, make_judge
+    from thumbs.eval.memo import memo_key, remembered
     from thumbs.eval.policy import load_models, resolve_target
     from thumbs.eval.sampling import generate, pad_id_of, sample_seed, stop_ids, stop_trimmed
     from thumbs.tokenize import Encoder
@@ -159,7 +173,17 @@ def evaluate(
                 models.policy, tokenizer, prompt_ids, seeds, progress=bar, hidden_out=kept, **settings
             )
             with models.reference_scope() as ref_model:
-                reference_ids = generate(ref_model, tokenizer, prompt_ids, seeds, progress=bar, **settings)
+                how = {**settings, "stops": sorted(stops), "pad": pad_id_of(tokenizer, stops)}
+                key = (
+                    memo_key(ref_model, "samples", how, [prompt_ids, [[s] for s in seeds]]) if reuse else None
+                )
+                reference_ids, samples_reused = remembered(
+                    key,
+                    lambda: generate(ref_model, tokenizer, prompt_ids, seeds, progress=bar, **settings),
+                    lambda v: isinstance(v, list) and len(v) == n and all(isinstance(c, list) for c in v),
+                )
+                if samples_reused:
+                    bar.update(n)
         # KL from the policy's own samples, scored under both models, per sequence and per token.
         log_ratio, token_kl = kl_along_samples(
             models.policy, models.reference_scope, prompt_ids, policy_ids, pad_id_of(tokenizer, stops), batch_size,
@@ -182,7 +206,9 @@ def evaluate(
             judged, outcomes = win_rate(policy_scores, reference_scores), None
 
         beta = _beta(config, beta)
-        heldout_result = _score_heldout(models, encoder, feedback, beta, batch_size) if feedback else None
+        heldout_result = (
+            _score_heldout(models, encoder, feedback, beta, batch_size, reuse) if feedback else None
+        )
         result = {
             "policy": models.policy_path,
             "reference": models.reference_path,
@@ -193,6 +219,8 @@ def evaluate(
             "n": n,
             "prompts": {"source": prompt_source, "distinct": distinct},
             "sampling": {"seed": seed, **settings, "sampler": "inverse-cdf, one random stream per sample"},
+            "reference_samples_reused": samples_reused,
+            "policy_weights": models.policy_weights,
             "win_rate_interval": "95% Wilson score interval, ties counted as half a win",
             **judged,
             "reward": None
@@ -276,6 +304,9 @@ def eval_command(
     against: str | None = typer.Option(
         None, help="Another run: TARGET's policy against its policy, head to head (writes versus-NAME.json)."
     ),
+    recompute: bool = typer.Option(
+        False, help="Recompute the reference's samples and held-out log-probs instead of reusing cached ones."
+    ),
 ) -> None:
     """Sample policy and reference on held-out prompts, judge both, and write eval.json."""
     if against is not None:
@@ -306,6 +337,7 @@ def eval_command(
         max_heldout=max_heldout,
         out=out,
         device=device,
+        reuse=not recompute,
     )
 
     print_eval(result)

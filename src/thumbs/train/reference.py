@@ -23,17 +23,27 @@ from thumbs.train.logprobs import completion_logps
 from thumbs.train.methods import Items
 
 
+def add_weights(digest, model) -> None:
+    """Feed every weight of ``model`` but its LoRA adapter's (the reference's weights) into ``digest``,
+    under the names the bare model gives them, so a base model and the same base under a PEFT
+    wrapper hash alike."""
+    named = {
+        name.removeprefix("base_model.model.").replace(".base_layer.", "."): param
+        for name, param in model.state_dict().items()
+        if "lora_" not in name
+    }
+    for name, param in sorted(named.items()):
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+
+
 def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int, how: dict | None = None) -> str:
     """Hash of the reference weights (adapters excluded), of the sequences for ``roles``, and of
     ``how`` they are computed (batch, chunk, processes, device, dtype, torch): the same key means
     the same numbers to the last bit, not merely the same numbers to float rounding."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{roles}|{max_length}|{sorted((how or {}).items())}".encode())
-    for name, param in sorted(model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        digest.update(name.encode())
-        digest.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    add_weights(digest, model)
     for role in roles:
         digest.update(f"|{role}|{len(items.seqs[role])}".encode())
         for ids, start in items.seqs[role]:
@@ -106,11 +116,11 @@ def reference_logps(
                "processes": accelerator.num_processes if accelerator else 1}  # fmt: skip
         key = fingerprint(model, items, tuple(roles), max_length, how)
         cached = cache_dir("reference") / f"{key}.pt"
-        stored = _load(run_file, say)
+        stored = load_cached(run_file, say)
         if stored is not None and stored.get("fingerprint") == key:
             logps = stored.get("logps")
         elif cached.exists():
-            logps = _load(cached, say)
+            logps = load_cached(cached, say)
         if logps is not None and not _fits(logps, items, roles):
             logps = None
     if accelerator is not None and accelerator.num_processes > 1:
@@ -120,13 +130,13 @@ def reference_logps(
     if logps is None:
         logps = compute_reference_logps(model, items, tuple(roles), accelerator=accelerator, **kwargs)
         if main:
-            _save_atomic(logps, cached)
+            save_atomic(logps, cached)
     if main:
-        _save_atomic({"fingerprint": key, "logps": logps}, run_file)
+        save_atomic({"fingerprint": key, "logps": logps}, run_file)
     return logps
 
 
-def _load(path: Path, say) -> dict | None:
+def load_cached(path: Path, say=print) -> dict | None:
     """A cached file's contents (tensors and plain types only), None when absent or unreadable."""
     if not path.exists():
         return None
@@ -147,7 +157,7 @@ def _fits(logps: dict, items: Items, roles) -> bool:
     )
 
 
-def _save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: runs may share the cache
     torch.save(obj, tmp)
     tmp.replace(path)

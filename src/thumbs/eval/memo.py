@@ -1,0 +1,55 @@
+"""What evaluating against the same reference would recompute, kept on disk: its samples and its
+held-out log-probs.
+
+Evaluations of several runs from one base model (the demo's two runs, a study's cells, the rounds of
+an online loop measured against the original) sample that reference on the same prompts with the
+same random streams, and score it on the same held-out votes. Those numbers are a function of the
+reference's weights, the token ids, the settings and the software, and nothing else, so they are
+computed once and kept in ``$THUMBS_CACHE/eval`` under a hash of all of those. Any difference in
+any of them (another model or a bit of its weights, another prompt, another batch size — the samples
+are bit-identical only at equal batch — another device, dtype or library version) is another key: a
+miss, never a stale hit. A file that does not load or does not fit what was asked is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from thumbs.paths import cache_dir
+from thumbs.train.reference import add_weights, load_cached, save_atomic
+
+
+def memo_key(model: Any, kind: str, settings: dict, token_lists: list[list[list[int]]]) -> str:
+    """Hash of the model's (reference) weights, ``kind``, ``settings`` and every token list."""
+    import transformers
+
+    digest = hashlib.blake2b(digest_size=16)
+    param = next(model.parameters())
+    software = {"torch": torch.__version__, "transformers": transformers.__version__}
+    where = {"device": param.device.type, "dtype": str(param.dtype)}
+    digest.update(json.dumps([kind, settings, software, where], sort_keys=True, default=str).encode())
+    add_weights(digest, model)
+    for lists in token_lists:
+        digest.update(f"|{len(lists)}".encode())
+        for ids in lists:
+            digest.update(torch.tensor(list(ids) + [-1], dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def remembered(key: str | None, compute: Callable[[], Any], fits: Callable[[Any], bool]) -> tuple[Any, bool]:
+    """(value, reused): the cached value under ``key`` when it ``fits``, else ``compute()``, stored.
+    ``key`` None: computed and not stored."""
+    if key is None:
+        return compute(), False
+    path = cache_dir("eval") / f"{key}.pt"
+    stored = load_cached(path)
+    if stored is not None and stored.get("key") == key and fits(stored.get("value")):
+        return stored["value"], True
+    value = compute()
+    save_atomic({"key": key, "value": value}, path)
+    return value, False
