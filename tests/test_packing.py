@@ -99,3 +99,27 @@ def test_packed_and_padded_training_give_the_same_run(tmp_path, method):
             json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
         ]
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_reference_pass_computes_a_repeated_sequence_once_with_the_same_values(monkeypatch):
+    """KTO's mismatched pair (x_i, y_j) is example j itself when both answer one prompt: the
+    reference pass computes each distinct sequence once and hands its value to every place it occurs."""
+    from thumbs.train import reference
+    from thumbs.train.methods import Items
+
+    tokenizer, seqs = _seqs(6, seed=5)
+    model = tiny_model(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    kl = [seqs[(i + 2) % 6] for i in range(5)] + [seqs[0]]  # every KL sequence repeats a target
+    items = Items({"target": seqs, "kl": kl}, torch.ones(6, dtype=torch.bool), torch.ones(6), {})
+    computed = []
+    real = reference.completion_logps
+    monkeypatch.setattr(
+        reference, "completion_logps", lambda m, **b: computed.append(b["num_segments"]) or real(m, **b)
+    )
+    out = reference.compute_reference_logps(
+        model, items, ("target", "kl"), pad_id=tokenizer.pad_token_id, batch_size=4, chunk_size=16
+    )
+    assert sum(computed) == 6  # six distinct sequences, not twelve
+    alone = torch.stack([completion_logps(model, **collate([s], tokenizer.pad_token_id))[0][0] for s in seqs])
+    assert torch.allclose(out["target"], alone, atol=1e-4, rtol=0)
+    assert torch.equal(out["kl"], out["target"][torch.tensor([2, 3, 4, 5, 0, 0])])

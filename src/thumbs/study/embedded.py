@@ -4,11 +4,10 @@ KTO and DPO at three β each on the same votes and equal budgets (320 sequences 
 KTO steps of 8 votes, 40 DPO steps of 4 pairs), then two conditions trained with KTO at β = 0.1:
 ``imbalance`` (10% of the thumbs-up kept, the KTO paper's ablation) with the paper's class weights
 and without, and ``noise`` (30% of the labels flipped) with every vote kept and with one majority
-label per completion. Every cell is evaluated as the demo evaluates (VADER judge, n = 48).
-
-Sized by arithmetic from the demo's measured timings, not measured itself (see the README): the
-demo (KTO 40 steps + DPO 25 steps + two evaluations at n = 48, reference log-probs computed) took
-9.7 minutes on an idle 2-core CPU. ``--quick``: two β each, 96 sequences, n = 16.
+label per completion. Every cell is judged as the demo judges (VADER), at n = 128 samples per
+model: the reference's samples and held-out scores are computed once for all ten cells
+(thumbs.eval.memo), so a cell's evaluation costs its policy's samples and scores only. The README
+gives the measured time. ``--quick``: two β each, 96 sequences, n = 16.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def embedded_study(*, quick: bool = False, model: str = "default") -> dict:
         "budget": {"sequences": 96 if quick else 320},
         "eval": {
             "judge": "vader",
-            "n": 16 if quick else 48,
+            "n": 16 if quick else 128,
             "max_new_tokens": 32 if quick else 48,
             "max_heldout": 100 if quick else 200,
             "batch_size": 64,  # eval's default: about 1.9x the samples/s of 16
