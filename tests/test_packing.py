@@ -123,3 +123,91 @@ def test_reference_pass_computes_a_repeated_sequence_once_with_the_same_values(m
     alone = torch.stack([completion_logps(model, **collate([s], tokenizer.pad_token_id))[0][0] for s in seqs])
     assert torch.allclose(out["target"], alone, atol=1e-4, rtol=0)
     assert torch.equal(out["kl"], out["target"][torch.tensor([2, 3, 4, 5, 0, 0])])
+
+
+def test_a_run_on_the_same_votes_takes_reference_values_from_the_per_sequence_store(tmp_path, monkeypatch):
+    """DPO's chosen and rejected are the KTO run's examples: the second run computes none of them
+    again, and what it takes equals a fresh computation to float rounding; other weights find nothing."""
+    from thumbs.train import reference
+    from thumbs.train.methods import Items
+
+    monkeypatch.setenv("THUMBS_CACHE", str(tmp_path / "cache"))
+    tokenizer, seqs = _seqs(8, seed=7)
+    model = tiny_model(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    kto = Items(
+        {"target": seqs, "kl": [seqs[(i + 1) % 8] for i in range(8)]},
+        torch.ones(8, dtype=torch.bool),
+        torch.ones(8),
+        {},
+    )
+    dpo = Items(
+        {"chosen": seqs[:4], "rejected": seqs[4:]}, torch.ones(4, dtype=torch.bool), torch.ones(4), {}
+    )
+    counted, said = [], []
+    real = reference.completion_logps
+    monkeypatch.setattr(
+        reference, "completion_logps", lambda m, **b: counted.append(b["num_segments"]) or real(m, **b)
+    )
+    how = dict(pad_id=tokenizer.pad_token_id, batch_size=3, chunk_size=16, max_length=200, say=said.append)
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    first = reference.reference_logps(model, kto, ("target", "kl"), run_dir=tmp_path / "a", **how)
+    assert sum(counted) == 8
+    counted.clear()
+    second = reference.reference_logps(model, dpo, ("chosen", "rejected"), run_dir=tmp_path / "b", **how)
+    assert sum(counted) == 0 and any("8 of 8 distinct sequences" in line for line in said)
+    assert torch.equal(second["chosen"], first["target"][:4]) and torch.equal(
+        second["rejected"], first["target"][4:]
+    )
+    fresh = reference.compute_reference_logps(
+        model, dpo, ("chosen", "rejected"), pad_id=tokenizer.pad_token_id, batch_size=3, chunk_size=16
+    )
+    assert all(torch.allclose(second[r], fresh[r], atol=1e-4, rtol=0) for r in ("chosen", "rejected"))
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    counted.clear()
+    reference.reference_logps(model, dpo, ("chosen", "rejected"), run_dir=tmp_path / "c", **how)
+    assert sum(counted) == 8
+
+
+def _shared_seqs():
+    """Three prompts answered two to four times each (DPO's pairs, one-prompt logs), mixed lengths."""
+    rng = random.Random(11)
+    tokenizer = tiny_tokenizer()
+    encoder = Encoder(tokenizer, 200)
+    seqs = []
+    for q in range(3):
+        prompt = encoder.prompt_ids(f"Question {q}: " + "why " * rng.randint(1, 12))
+        for _ in range(2 + q):
+            (completion,) = encoder.completion_ids(["because " * rng.randint(1, 20)])
+            seqs.append(sequence(*encoder.fit(prompt, completion)))
+    rng.shuffle(seqs)
+    return tokenizer, seqs
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_shared_prompt_packing_gives_the_padded_logps_and_gradients(monkeypatch, per_row):
+    from thumbs.tokenize import pack_shared
+    from thumbs.train import logprobs
+
+    if per_row:
+        monkeypatch.setattr(logprobs, "PER_ROW_MIN_WIDTH", 0)
+    tokenizer, seqs = _shared_seqs()
+    model = tiny_model(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    padded, tokens_padded = completion_logps(model, **collate(seqs, tokenizer.pad_token_id), chunk_size=16)
+    padded.pow(2).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    batch = pack_shared(seqs, tokenizer.pad_token_id)
+    if not per_row:
+        batch.pop("row_lengths")
+    real = batch["input_ids"] != tokenizer.pad_token_id
+    assert int(real.sum()) < sum(len(ids) for ids, _ in seqs)  # each prompt laid out fewer times
+    shared, tokens_shared = completion_logps(model, **batch, chunk_size=16)
+    shared.pow(2).sum().backward()
+    assert torch.allclose(shared, padded, atol=1e-4, rtol=0)
+    assert tokens_shared.tolist() == tokens_padded.tolist()
+    for name, p in model.named_parameters():  # a prompt's gradient is summed once, not per copy: rounding
+        assert torch.allclose(p.grad, grads[name], atol=1e-5 * float(grads[name].abs().max()), rtol=1e-4), (
+            name
+        )

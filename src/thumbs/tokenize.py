@@ -169,3 +169,104 @@ def pack(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
         "num_segments": len(seqs),
         "row_lengths": row_lengths,
     }
+
+
+SHARED_ROW_WIDTH = 512
+
+
+def pack_shared(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
+    """``pack``, with a prompt that several sequences share laid out once, their completions after it.
+
+    Sequences whose prompts (``ids[:start]``) are identical form a tree in one row: the prompt,
+    then each completion, every completion attending to the prompt and to itself (causally), never
+    to its siblings, its positions continuing the prompt's. DPO's chosen and rejected share their
+    prompt; so does every vote on a log whose votes answer one prompt (the demo's). The prompt is
+    computed once instead of once per completion. Rows are as wide as the longest sequence, or as
+    the largest tree up to ``SHARED_ROW_WIDTH``; a group wider than a row is split into several trees. ``source_ids`` [rows, T] gives, for each completion token, the row
+    position whose hidden state predicts it (the previous position, or the prompt's last for a
+    completion's first token; -1: nothing predicts it). The other keys are ``pack``'s.
+    """
+    import torch
+
+    longest = max(len(ids) for ids, _ in seqs)
+    groups: dict[tuple, list[int]] = {}
+    for i, (ids, start) in enumerate(seqs):
+        groups.setdefault(tuple(ids[:start]) if start > 0 else ("alone", i), []).append(i)
+    # Rows may widen to hold a tree, up to SHARED_ROW_WIDTH positions: attention's cost grows with
+    # the square of the width, and past a few hundred positions it eats what sharing the prompt saves.
+    trees = (seqs[g[0]][1] + sum(len(seqs[i][0]) - seqs[g[0]][1] for i in g) for g in groups.values())
+    width = max(longest, min(max(trees), SHARED_ROW_WIDTH))
+    units: list[tuple[int, list[int]]] = []  # (prompt length, members), each fitting one row
+    for members in groups.values():
+        prompt = seqs[members[0]][1]
+        chunk, used = [], prompt
+        for i in members:
+            need = len(seqs[i][0]) - prompt
+            if chunk and used + need > width:
+                units.append((prompt, chunk))
+                chunk, used = [], prompt
+            chunk.append(i)
+            used += need
+        units.append((prompt, chunk))
+    size = [prompt + sum(len(seqs[i][0]) - prompt for i in members) for prompt, members in units]
+    rows: list[list[int]] = []  # unit indices per row, first fit, largest first
+    room: list[int] = []
+    for u in sorted(range(len(units)), key=lambda u: -size[u]):
+        row = next((r for r, free in enumerate(room) if free >= size[u]), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(u)
+        room[row] -= size[u]
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    completion_mask = torch.zeros(shape, dtype=torch.bool)
+    segment_ids = torch.zeros(shape, dtype=torch.long)
+    source_ids = torch.full(shape, -1, dtype=torch.long)
+    block = torch.full(shape, -1, dtype=torch.long)  # the tree a position belongs to (-1: padding)
+    branch = torch.full(shape, -1, dtype=torch.long)  # its completion within the tree (-1: the prompt)
+    row_lengths = []
+    for r, members in enumerate(rows):
+        at = 0
+        for k, u in enumerate(members):
+            prompt, group = units[u]
+            first = seqs[group[0]][0]
+            input_ids[r, at : at + prompt] = torch.tensor(first[:prompt], dtype=torch.long)
+            position_ids[r, at : at + prompt] = torch.arange(prompt)
+            segment_ids[r, at : at + prompt] = group[0]
+            source_ids[r, at + 1 : at + prompt] = torch.arange(at, at + prompt - 1)
+            block[r, at : at + prompt] = k
+            last = at + prompt - 1  # the prompt's last position: it predicts each completion's first token
+            at += prompt
+            for b, i in enumerate(group):
+                ids = seqs[i][0]
+                n = len(ids) - prompt
+                span = slice(at, at + n)
+                input_ids[r, span] = torch.tensor(ids[prompt:], dtype=torch.long)
+                position_ids[r, span] = torch.arange(prompt, len(ids))
+                completion_mask[r, span] = True
+                segment_ids[r, span] = i
+                source_ids[r, span] = torch.arange(at - 1, at + n - 1)
+                if n:
+                    source_ids[r, at] = last if prompt else -1  # no prompt: nothing predicts it
+                block[r, span] = k
+                branch[r, span] = b
+                at += n
+        position_ids[r, at:] = torch.arange(width - at)
+        row_lengths.append(at)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_tree = block.unsqueeze(2) == block.unsqueeze(1)
+    visible = (branch.unsqueeze(1) == -1) | (branch.unsqueeze(2) == branch.unsqueeze(1))
+    attention_mask = same_tree & visible & causal
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask.unsqueeze(1),
+        "completion_mask": completion_mask,
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "source_ids": source_ids,
+        "num_segments": len(seqs),
+        "row_lengths": row_lengths,
+    }

@@ -69,7 +69,7 @@ def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: i
     pad = models.tokenizer.pad_token_id
     policy_logps = sequence_logps(models.policy, prompts, completions, pad, batch_size)
     with models.reference_scope() as reference:
-        how = {"pad": pad, "batch_size": batch_size}
+        how = {"pad": pad, "batch_size": batch_size, "layout": "shared prompts"}
         key = memo_key(reference, "heldout-logps", how, [prompts, completions]) if reuse else None
         logps, reused = remembered(
             key,

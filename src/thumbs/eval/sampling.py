@@ -25,7 +25,7 @@ import torch
 from transformers import LogitsProcessor
 
 from thumbs.cores import adjust_threads
-from thumbs.tokenize import collate
+from thumbs.tokenize import pack_shared
 from thumbs.train.logprobs import base_model, completion_logps, head_logits
 
 
@@ -244,7 +244,9 @@ def sequence_logps(
     pad_id: int,
     batch_size: int,
 ) -> np.ndarray:
-    """log π(completion | prompt) summed over completion tokens, per pair, as float64."""
+    """log π(completion | prompt) summed over completion tokens, per pair, as float64. Completions
+    of one prompt share its computation (``pack_shared``): a held-out set of votes on one prompt
+    computes that prompt once per row, not once per vote."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompt_ids), batch_size):
@@ -254,7 +256,7 @@ def sequence_logps(
                 prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size]
             )
         ]
-        batch = {k: v.to(device) for k, v in collate(seqs, pad_id).items()}
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in pack_shared(seqs, pad_id).items()}
         with torch.inference_mode():
             logps, _ = completion_logps(model, **batch)
         out.append(logps.double().cpu().numpy())

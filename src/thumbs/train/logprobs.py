@@ -70,6 +70,7 @@ def completion_logps(
     segment_ids: torch.Tensor | None = None,
     num_segments: int | None = None,
     row_lengths: list[int] | None = None,
+    source_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of completion-token log-probs per sequence [B] (float32) and completion token counts [B].
 
@@ -80,6 +81,8 @@ def completion_logps(
     at all: a CPU matmul's speed hardly depends on how many rows it has (about 10% faster on the
     135M bench shape, where packed rows are 70-99% full). Narrow rows (short answers) are too small
     a matmul on their own: under ``PER_ROW_MIN_WIDTH`` positions they stay one batched call, as on a GPU.
+    With ``source_ids`` (``pack_shared``'s rows, where completions follow a shared prompt), token t
+    is predicted from position ``source_ids[b, t]`` instead of t-1.
     """
     if row_lengths is not None and input_ids.device.type == "cpu" and input_ids.shape[1] >= PER_ROW_MIN_WIDTH:
         sums = tokens = 0
@@ -93,6 +96,7 @@ def completion_logps(
                 chunk_size,
                 segment_ids[r : r + 1, :width],
                 num_segments,
+                source_ids=None if source_ids is None else source_ids[r : r + 1, :width],
             )
             sums, tokens = sums + s, tokens + t
         return sums, tokens
@@ -103,6 +107,18 @@ def completion_logps(
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
     hidden = base.get_decoder()(**kwargs).last_hidden_state
+    if source_ids is not None:
+        row, col = (completion_mask & (source_ids >= 0)).nonzero(as_tuple=True)
+        token_logps = token_logps_at(
+            model, hidden[row, source_ids[row, col]], input_ids[row, col], chunk_size
+        )
+        rows = segment_ids[row, col]
+        count = num_segments
+        sums = torch.zeros(count, dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logps)
+        tokens = torch.zeros(count, dtype=torch.long, device=hidden.device).index_add(
+            0, rows, torch.ones_like(rows)
+        )
+        return sums, tokens
     predict = completion_mask[:, 1:]
     selected = hidden[:, :-1][predict]
     targets = input_ids[:, 1:][predict]

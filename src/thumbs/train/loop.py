@@ -310,12 +310,12 @@ def forward(run: Run, roles: tuple[str, ...], index: list[int]):
     """Log-probs and completion token counts of ``roles``' sequences for ``index``, in one call."""
     import torch
 
-    from thumbs.tokenize import collate, pack
+    from thumbs.tokenize import collate, pack_shared
 
     if not roles:
         return {}, {}, 0
     seqs = [run.items.seqs[role][i] for role in roles for i in index]
-    batch = (pack if run.cfg.train.packing else collate)(seqs, run.tokenizer.pad_token_id)
+    batch = (pack_shared if run.cfg.train.packing else collate)(seqs, run.tokenizer.pad_token_id)
     batch = {k: v.to(run.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     logps, tokens = run.wrapped(**batch)
     n = len(index)

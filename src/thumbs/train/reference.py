@@ -4,11 +4,19 @@ The reference is the starting model: with LoRA, the same model with its adapter 
 fine-tuning, the model itself before its first step. No second copy is ever loaded, and nothing of
 the reference stays in memory during training. Work is sharded across processes and summed back.
 The cache key is a fingerprint of the reference weights and of every token sequence.
+
+Beside those whole-set files, a per-sequence store (one file per reference model, device, dtype and
+torch version) keeps every value ever computed under a hash of its sequence's tokens, so another
+run on the same votes finds most of its sequences there: DPO's chosen and rejected are the KTO run's
+examples, a study's conditions are subsets or relabellings of its clean data. A value found there
+equals this run's own to float rounding (its companions in a packed row differed), not to the last
+bit; the run folder's file keeps a resumed run bit-exact whatever the store holds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +26,7 @@ from tqdm.auto import tqdm
 from thumbs.cores import adjust_threads
 from thumbs.models import adapter_disabled
 from thumbs.paths import cache_dir
-from thumbs.tokenize import pack
+from thumbs.tokenize import pack_shared
 from thumbs.train.logprobs import completion_logps
 from thumbs.train.methods import Items
 
@@ -35,6 +43,12 @@ def add_weights(digest, model) -> None:
     for name, param in sorted(named.items()):
         digest.update(name.encode())
         digest.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def sequence_key(ids, start: int) -> str:
+    """A sequence's tokens and where its completion starts, hashed: its name in the per-sequence store."""
+    data = torch.tensor(list(ids) + [-start - 1], dtype=torch.int64).numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
 def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int, how: dict | None = None) -> str:
@@ -61,8 +75,13 @@ def compute_reference_logps(
     batch_size: int,
     chunk_size: int,
     accelerator=None,
+    known: dict[str, float] | None = None,
+    computed: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sequence log-probs [N] for each role, under the reference (adapter disabled).
+
+    ``known`` (sequence_key → value): values already computed, taken instead of computing them;
+    ``computed``, when given, receives every value this call computed, under its sequence_key.
 
     A sequence that occurs more than once (in two roles or twice in one) is computed once: KTO's
     mismatched pair (x_i, y_j) is example j itself whenever j answered the same prompt, so on a
@@ -82,16 +101,28 @@ def compute_reference_logps(
             distinct.setdefault((tuple(ids), start), len(distinct)) for ids, start in items.seqs[role]
         ]
     seqs = [(list(ids), start) for ids, start in distinct]
+    names = (
+        [sequence_key(ids, start) for ids, start in seqs]
+        if known is not None or computed is not None
+        else None
+    )
+    known = known or {}
     values = torch.zeros(len(seqs), dtype=torch.float32, device=device)
+    missing = [i for i in range(len(seqs)) if names is None or names[i] not in known]
+    if names is not None and len(missing) < len(seqs) and rank == 0:  # the all-reduce adds the others' 0
+        found = [i for i in range(len(seqs)) if names[i] in known]
+        values[torch.tensor(found, device=device)] = torch.tensor(
+            [known[names[i]] for i in found], dtype=torch.float32, device=device
+        )
     # in data order, not sorted by length: mixed lengths pack into fewer, fuller rows (on the
     # 135M shape, 64 sequences: 17.4 s against 22.0 s for length-sorted padded batches)
-    mine = list(range(rank, len(seqs), world))
+    mine = missing[rank::world]
     bar = tqdm(total=len(mine), desc="reference log-probs", unit="seq", disable=rank != 0, dynamic_ncols=True)
     with adapter_disabled(model):
         for first in range(0, len(mine), batch_size):
             adjust_threads()
             index = mine[first : first + batch_size]
-            batch = pack([seqs[i] for i in index], pad_id)
+            batch = pack_shared([seqs[i] for i in index], pad_id)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logps, _ = completion_logps(model, **batch, chunk_size=chunk_size)
             values[torch.tensor(index, device=device)] = logps
@@ -101,6 +132,8 @@ def compute_reference_logps(
     bar.close()
     model.train(was_training)
     values = values.cpu()
+    if computed is not None:
+        computed.update({names[i]: float(values[i]) for i in missing})
     return {role: values[torch.tensor(where[role], dtype=torch.long)] for role in roles}
 
 
@@ -123,7 +156,7 @@ def reference_logps(
         device = next(model.parameters()).device
         how = {"batch": kwargs.get("batch_size"), "chunk": kwargs.get("chunk_size"), "device": device.type,
                "dtype": str(next(model.parameters()).dtype), "torch": torch.__version__,
-               "processes": accelerator.num_processes if accelerator else 1, "distinct": 1}  # fmt: skip
+               "processes": accelerator.num_processes if accelerator else 1, "layout": "distinct, shared prompts"}  # fmt: skip
         key = fingerprint(model, items, tuple(roles), max_length, how)
         cached = cache_dir("reference") / f"{key}.pt"
         stored = load_cached(run_file, say)
@@ -133,17 +166,57 @@ def reference_logps(
             logps = load_cached(cached, say)
         if logps is not None and not _fits(logps, items, roles):
             logps = None
+    store, known = None, None
+    if main and logps is None:
+        store = cache_dir("reference") / f"seq-{_store_key(model)}.pt"
+        known = (load_cached(store, say) or {}).get("values") or {}
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
-        logps = broadcast_object_list([logps])[0]
+        logps, known = broadcast_object_list([logps, known])
     if logps is None:
-        logps = compute_reference_logps(model, items, tuple(roles), accelerator=accelerator, **kwargs)
+        computed: dict[str, float] = {}
+        logps = compute_reference_logps(
+            model, items, tuple(roles), accelerator=accelerator, known=known, computed=computed, **kwargs
+        )
         if main:
             save_atomic(logps, cached)
+            _remember(store, computed)
+            if known:
+                names = {sequence_key(ids, start) for role in roles for ids, start in items.seqs[role]}
+                if names & known.keys():
+                    say(
+                        f"thumbs: reference log-probs of {len(names & known.keys())} of {len(names)} distinct "
+                        "sequences taken from earlier runs on the same model (equal to float rounding)"
+                    )
     if main:
         save_atomic({"fingerprint": key, "logps": logps}, run_file)
     return logps
+
+
+def _store_key(model) -> str:
+    """The per-sequence store's name: the reference weights, and what changes their values' bits
+    beyond float rounding (device, dtype, torch)."""
+    digest = hashlib.blake2b(digest_size=16)
+    param = next(model.parameters())
+    digest.update(f"{param.device.type}|{param.dtype}|{torch.__version__}".encode())
+    add_weights(digest, model)
+    return digest.hexdigest()
+
+
+STORE_LIMIT = 2_000_000  # values kept per model (about 60 MB); past it the store starts afresh
+
+
+def _remember(store: Path, computed: dict[str, float]) -> None:
+    """Add ``computed`` to the per-sequence store, re-read just before writing so that runs sharing
+    the cache lose as little of each other's work as a whole-file replace allows."""
+    if not computed:
+        return
+    values = (load_cached(store, lambda _: None) or {}).get("values") or {}
+    if len(values) + len(computed) > STORE_LIMIT:
+        values = {}
+    values.update({name: value for name, value in computed.items() if math.isfinite(value)})
+    save_atomic({"values": values}, store)
 
 
 def load_cached(path: Path, say=print) -> dict | None:
