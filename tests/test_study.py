@@ -103,7 +103,7 @@ def test_study_runs_resumes_without_retraining_and_states_every_budget(tmp_path,
             assert budget["unusable_votes"] == summary["pairing"]["unusable_examples"]
     assert [c["reused"] for c in saved["cells"][:2]] == [["train", "eval"], ["train", "eval"]]
     assert saved["verdicts"] and {c["kind"] for c in saved["comparisons"]} <= {
-        "exceeds", "crosses", "cannot tell apart", "no ranking"
+        "exceeds", "crosses", "cannot tell apart", "no ranking", "dominates"
     }  # fmt: skip
     (versus,) = saved["head_to_head"]  # KTO's best cell against DPO's, paired on the same prompts and streams
     assert {versus["a"].split("-")[1], versus["b"].split("-")[1]} == {"kto", "dpo"}
@@ -259,9 +259,26 @@ def test_points_at_different_kl_are_never_ranked():
     assert "never reach the same KL" in verdict["text"] and "exceeds" not in verdict["text"]
 
 
+def test_a_point_with_lower_kl_and_higher_reward_dominates_without_a_matched_kl():
+    # the imbalance ablation's shape: class weights stay near the start and gain; without them the
+    # model runs far from it for nothing
+    weighted, unweighted = _line((24.5, 0.56)), _line((97.4, 0.17), (120.0, 0.20))
+    verdict = compare("weights auto", weighted, "weights 1.0", unweighted)
+    assert verdict["kind"] == "dominates" and verdict["winner"] == "weights auto" and not verdict["matched"]
+    assert "weights auto dominates weights 1.0: at KL 24.5" in verdict["text"]
+    assert compare("weights 1.0", unweighted, "weights auto", weighted)["winner"] == "weights auto"
+    # a reward interval that reaches the other's, or KLs whose intervals touch: no ranking
+    assert (
+        compare("A", _line((3.0, 0.40), se=0.03), "B", _line((10.0, 0.35), se=0.03))["kind"] == "no ranking"
+    )
+    assert compare("A", _line((10.0, 0.9), kl_se=6.0), "B", _line((20.0, 0.2)))["kind"] == "no ranking"
+
+
 def test_single_points_match_within_the_kl_tolerance_only():
     a, b = _line((5.0, 0.8)), _line((5.5, 0.5))
     assert compare("A", a, "B", b, kl_match=0.25)["kind"] == "exceeds"
+    assert compare("A", a, "B", b, kl_match=0.05)["kind"] == "dominates"  # lower KL, higher reward
+    a, b = _line((5.5, 0.8)), _line((5.0, 0.5))  # the higher reward at the higher KL: never ranked
     assert compare("A", a, "B", b, kl_match=0.05)["kind"] == "no ranking"
 
 

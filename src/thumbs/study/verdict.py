@@ -13,7 +13,11 @@ KLs does not manufacture a finding. Then:
 - every interval covers 0 → "cannot tell apart at n = N; about M samples per model would", M from
   the observed standard error: the n at which the largest observed difference would be found with
   80% power at the same level (standard errors shrink as 1/√n);
-- no matched KL at all → no ranking, with the KL range of each line.
+- no matched KL at all → no ranking, with the KL range of each line, except where one line has a
+  point that *dominates* the other line: a KL below each of its points (95% intervals apart) and a
+  reward above each of them (simultaneous 95% intervals over its points). Lower KL and higher
+  reward is better at any exchange rate between the two, so that needs no matched KL; a higher
+  reward bought with a higher KL is never ranked.
 
 Rewards are the policies' mean judge scores; the standard error of a difference between two cells
 adds their squared errors (conservative: the cells share prompts and random streams).
@@ -125,6 +129,9 @@ def compare(name_a: str, a: list[Point], name_b: str, b: list[Point], *, kl_matc
     if not a or not b:
         return result | {"kind": "no ranking", "text": f"{name_a} vs {name_b}: a line has no evaluated cell"}
     if not points:
+        dominance = _dominance(name_a, a, name_b, b)
+        if dominance is not None:
+            return result | dominance
         span = lambda pts: f"{pts[0].kl:.3g}–{pts[-1].kl:.3g}" if len(pts) > 1 else f"{pts[0].kl:.3g}"  # noqa: E731
         return result | {
             "kind": "no ranking",
@@ -174,6 +181,30 @@ def compare(name_a: str, a: list[Point], name_b: str, b: list[Point], *, kl_matc
         "text": f"{name_a} vs {name_b}: cannot tell apart at n = {n} ({where}; every interval covers 0, "
         f"{level}; the largest {_ci(best)}); {more}",
     }
+
+
+def _dominance(name_a: str, a: list[Point], name_b: str, b: list[Point]) -> dict | None:
+    """The "dominates" verdict, when a point of one line beats every point of the other at a lower KL."""
+    for lead_name, lead, lag_name, lag in ((name_a, a, name_b, b), (name_b, b, name_a, a)):
+        z = NormalDist().inv_cdf(1 - 0.025 / len(lag))
+        for p in lead:
+            if not all(p.kl + 1.96 * p.kl_se < q.kl - 1.96 * q.kl_se for q in lag):
+                continue
+            gaps = [(p.reward - q.reward, math.hypot(p.reward_se, q.reward_se), q) for q in lag]
+            if all(d - z * se > 0 for d, se, _ in gaps):
+                d, se, q = min(gaps, key=lambda g: g[0] - z * g[1])
+                level = "95%" if len(lag) == 1 else f"simultaneous 95% over its {len(lag)} points"
+                return {
+                    "kind": "dominates",
+                    "winner": lead_name,
+                    "z": z,
+                    "dominant": {"kl": p.kl, "reward": p.reward, "beta": p.beta},
+                    "text": f"{lead_name} dominates {lag_name}: at KL {p.kl:.3g} nats, below every point of "
+                    f"{lag_name} (from {min(x.kl for x in lag):.3g}), its reward exceeds each of theirs, the "
+                    f"closest by {d:.3g} [{d - z * se:.3g}, {d + z * se:.3g}] ({level}); lower KL and higher "
+                    "reward is better at any exchange rate, so no matched KL is needed",
+                }
+    return None
 
 
 def _ci(m: dict) -> str:
