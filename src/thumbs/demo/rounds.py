@@ -20,8 +20,9 @@ from thumbs.demo.runs import Size, run_config, stage
 
 # A round costs its answers, the reference log-probs of its training votes, a short KTO run and
 # two evaluations; 3 rounds × 2 variants (round 1's answers and votes shared) took 22.3 minutes at
-# full size on an idle 2-core CPU (2026-12-01, README), 13.5 at the quick size.
-ROUNDS_FULL = Size(examples=320, kto_steps=24, dpo_steps=0, eval_n=32, heldout=100, max_new_tokens=48)
+# full size with n = 32 per evaluation on an idle 2-core CPU (2026-12-01), 13.5 at the quick size;
+# n = 64 spends part of the 40-minute budget that left on narrower intervals (README: measured).
+ROUNDS_FULL = Size(examples=320, kto_steps=24, dpo_steps=0, eval_n=64, heldout=100, max_new_tokens=48)
 ROUNDS_QUICK = Size(examples=160, kto_steps=12, dpo_steps=0, eval_n=16, heldout=100, max_new_tokens=32)
 SHARED = ("answers.jsonl", "feedback.jsonl", "feedback-source.json")  # round 1: the same votes for both
 VARIANTS = {
