@@ -124,51 +124,9 @@ def pack(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
     ``row_lengths`` (a list) gives each row's used width, for running the rows one at a time without
     their padding (``completion_logps``; what pays on a CPU).
     """
-    import torch
-
-    width = max(len(ids) for ids, _ in seqs)
-    rows: list[list[int]] = []  # sequence indices per row
-    room: list[int] = []
-    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0])):
-        need = len(seqs[i][0])
-        row = next((r for r, free in enumerate(room) if free >= need), None)
-        if row is None:
-            rows.append([])
-            room.append(width)
-            row = len(rows) - 1
-        rows[row].append(i)
-        room[row] -= need
-    shape = (len(rows), width)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    completion_mask = torch.zeros(shape, dtype=torch.bool)
-    segment_ids = torch.zeros(shape, dtype=torch.long)
-    block = torch.full(shape, -1, dtype=torch.long)  # which block of the row each position attends within
-    row_lengths = []
-    for r, members in enumerate(rows):
-        at = 0
-        for k, i in enumerate(members):
-            ids, start = seqs[i]
-            span = slice(at, at + len(ids))
-            input_ids[r, span] = torch.tensor(ids, dtype=torch.long)
-            position_ids[r, span] = torch.arange(len(ids))
-            completion_mask[r, at + start : at + len(ids)] = True
-            segment_ids[r, span] = i
-            block[r, span] = k
-            at += len(ids)
-        position_ids[r, at:] = torch.arange(width - at)
-        row_lengths.append(at)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    attention_mask = (block.unsqueeze(2) == block.unsqueeze(1)) & causal
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask.unsqueeze(1),
-        "completion_mask": completion_mask,
-        "position_ids": position_ids,
-        "segment_ids": segment_ids,
-        "num_segments": len(seqs),
-        "row_lengths": row_lengths,
-    }
+    batch = _layout(seqs, pad_id, share=False)
+    del batch["source_ids"]  # each token is predicted from the position before it
+    return batch
 
 
 SHARED_ROW_WIDTH = 512
@@ -182,16 +140,23 @@ def pack_shared(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
     to its siblings, its positions continuing the prompt's. DPO's chosen and rejected share their
     prompt; so does every vote on a log whose votes answer one prompt (the demo's). The prompt is
     computed once instead of once per completion. Rows are as wide as the longest sequence, or as
-    the largest tree up to ``SHARED_ROW_WIDTH``; a group wider than a row is split into several trees. ``source_ids`` [rows, T] gives, for each completion token, the row
+    the largest tree up to ``SHARED_ROW_WIDTH``; a group wider than a row is split into several
+    trees. ``source_ids`` [rows, T] gives, for each completion token, the row
     position whose hidden state predicts it (the previous position, or the prompt's last for a
     completion's first token; -1: nothing predicts it). The other keys are ``pack``'s.
     """
+    return _layout(seqs, pad_id, share=True)
+
+
+def _layout(seqs: list[tuple[list[int], int]], pad_id: int, share: bool) -> dict:
+    """``pack_shared``'s rows; with ``share`` False every sequence is a tree of its own, which is
+    exactly ``pack``'s layout (the prompt and completion of one sequence are contiguous)."""
     import torch
 
     longest = max(len(ids) for ids, _ in seqs)
     groups: dict[tuple, list[int]] = {}
     for i, (ids, start) in enumerate(seqs):
-        groups.setdefault(tuple(ids[:start]) if start > 0 else ("alone", i), []).append(i)
+        groups.setdefault(tuple(ids[:start]) if share and start > 0 else ("alone", i), []).append(i)
     # Rows may widen to hold a tree, up to SHARED_ROW_WIDTH positions: attention's cost grows with
     # the square of the width, and past a few hundred positions it eats what sharing the prompt saves.
     trees = (seqs[g[0]][1] + sum(len(seqs[i][0]) - seqs[g[0]][1] for i in g) for g in groups.values())
@@ -236,7 +201,6 @@ def pack_shared(seqs: list[tuple[list[int], int]], pad_id: int) -> dict:
             input_ids[r, at : at + prompt] = torch.tensor(first[:prompt], dtype=torch.long)
             position_ids[r, at : at + prompt] = torch.arange(prompt)
             segment_ids[r, at : at + prompt] = group[0]
-            source_ids[r, at + 1 : at + prompt] = torch.arange(at, at + prompt - 1)
             block[r, at : at + prompt] = k
             last = at + prompt - 1  # the prompt's last position: it predicts each completion's first token
             at += prompt

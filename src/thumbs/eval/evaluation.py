@@ -54,7 +54,11 @@ def _beta(config, beta: float | None) -> float:
     return section.beta if hasattr(section, "beta") else config.kto.beta
 
 
-def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: int, reuse: bool) -> dict:
+def _score_heldout(
+    models, encoder, rows: list[dict], beta: float, batch_size: int, identity: str | None
+) -> dict:
+    """Held-out AUC of β·log(π/π_ref); the reference's log-probs from the cache under ``identity``
+    (its ``model_identity``; None: computed, not cached)."""
     import numpy as np
     import torch
 
@@ -70,7 +74,7 @@ def _score_heldout(models, encoder, rows: list[dict], beta: float, batch_size: i
     policy_logps = sequence_logps(models.policy, prompts, completions, pad, batch_size)
     with models.reference_scope() as reference:
         how = {"pad": pad, "batch_size": batch_size, "layout": "shared prompts"}
-        key = memo_key(reference, "heldout-logps", how, [prompts, completions]) if reuse else None
+        key = memo_key(identity, "heldout-logps", how, [prompts, completions]) if identity else None
         logps, reused = remembered(
             key,
             lambda: torch.from_numpy(sequence_logps(reference, prompts, completions, pad, batch_size)),
@@ -131,6 +135,7 @@ def evaluate(
     from thumbs.eval.policy import load_models, resolve_target
     from thumbs.eval.sampling import generate, pad_id_of, sample_seed, stop_ids, stop_trimmed
     from thumbs.tokenize import Encoder
+    from thumbs.train.reference import model_identity
 
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ThumbsError("n, max_new_tokens and batch_size must be at least 1")
@@ -173,9 +178,10 @@ def evaluate(
                 models.policy, tokenizer, prompt_ids, seeds, progress=bar, hidden_out=kept, **settings
             )
             with models.reference_scope() as ref_model:
+                identity = model_identity(ref_model) if reuse else None  # read its weights once
                 how = {**settings, "stops": sorted(stops), "pad": pad_id_of(tokenizer, stops)}
                 key = (
-                    memo_key(ref_model, "samples", how, [prompt_ids, [[s] for s in seeds]]) if reuse else None
+                    memo_key(identity, "samples", how, [prompt_ids, [[s] for s in seeds]]) if reuse else None
                 )
                 reference_ids, samples_reused = remembered(
                     key,
@@ -207,7 +213,7 @@ def evaluate(
 
         beta = _beta(config, beta)
         heldout_result = (
-            _score_heldout(models, encoder, feedback, beta, batch_size, reuse) if feedback else None
+            _score_heldout(models, encoder, feedback, beta, batch_size, identity) if feedback else None
         )
         result = {
             "policy": models.policy_path,

@@ -21,19 +21,17 @@ from typing import Any
 import torch
 
 from thumbs.paths import cache_dir
-from thumbs.train.reference import add_weights, load_cached, save_atomic
+from thumbs.train.reference import load_cached, save_atomic
 
 
-def memo_key(model: Any, kind: str, settings: dict, token_lists: list[list[list[int]]]) -> str:
-    """Hash of the model's (reference) weights, ``kind``, ``settings`` and every token list."""
+def memo_key(identity: str, kind: str, settings: dict, token_lists: list[list[list[int]]]) -> str:
+    """Hash of the reference (its ``model_identity``), ``kind``, ``settings`` and every token list."""
     import transformers
 
     digest = hashlib.blake2b(digest_size=16)
-    param = next(model.parameters())
-    software = {"torch": torch.__version__, "transformers": transformers.__version__}
-    where = {"device": param.device.type, "dtype": str(param.dtype)}
-    digest.update(json.dumps([kind, settings, software, where], sort_keys=True, default=str).encode())
-    add_weights(digest, model)
+    digest.update(
+        json.dumps([identity, kind, settings, transformers.__version__], sort_keys=True, default=str).encode()
+    )
     for lists in token_lists:
         digest.update(f"|{len(lists)}".encode())
         for ids in lists:

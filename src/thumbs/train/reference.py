@@ -31,10 +31,14 @@ from thumbs.train.logprobs import completion_logps
 from thumbs.train.methods import Items
 
 
-def add_weights(digest, model) -> None:
-    """Feed every weight of ``model`` but its LoRA adapter's (the reference's weights) into ``digest``,
-    under the names the bare model gives them, so a base model and the same base under a PEFT
-    wrapper hash alike."""
+def model_identity(model) -> str:
+    """Hash of every weight of ``model`` but its LoRA adapter's (the reference's weights), under the
+    names the bare model gives them (a base model and the same base under a PEFT wrapper hash
+    alike), and of what changes their results beyond float rounding: device, dtype, torch. The
+    weights are read once per call: compute it once and pass it on."""
+    digest = hashlib.blake2b(digest_size=16)
+    param = next(model.parameters())
+    digest.update(f"{param.device.type}|{param.dtype}|{torch.__version__}".encode())
     named = {
         name.removeprefix("base_model.model.").replace(".base_layer.", "."): param
         for name, param in model.state_dict().items()
@@ -43,6 +47,7 @@ def add_weights(digest, model) -> None:
     for name, param in sorted(named.items()):
         digest.update(name.encode())
         digest.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def sequence_key(ids, start: int) -> str:
@@ -51,13 +56,14 @@ def sequence_key(ids, start: int) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
-def fingerprint(model, items: Items, roles: tuple[str, ...], max_length: int, how: dict | None = None) -> str:
-    """Hash of the reference weights (adapters excluded), of the sequences for ``roles``, and of
+def fingerprint(
+    identity: str, items: Items, roles: tuple[str, ...], max_length: int, how: dict | None = None
+) -> str:
+    """Hash of the reference (``model_identity``), of the sequences for ``roles``, and of
     ``how`` they are computed (batch, chunk, processes, device, dtype, torch): the same key means
     the same numbers to the last bit, not merely the same numbers to float rounding."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{roles}|{max_length}|{sorted((how or {}).items())}".encode())
-    add_weights(digest, model)
+    digest.update(f"{identity}|{roles}|{max_length}|{sorted((how or {}).items())}".encode())
     for role in roles:
         digest.update(f"|{role}|{len(items.seqs[role])}".encode())
         for ids, start in items.seqs[role]:
@@ -157,7 +163,8 @@ def reference_logps(
         how = {"batch": kwargs.get("batch_size"), "chunk": kwargs.get("chunk_size"), "device": device.type,
                "dtype": str(next(model.parameters()).dtype), "torch": torch.__version__,
                "processes": accelerator.num_processes if accelerator else 1, "layout": "distinct, shared prompts"}  # fmt: skip
-        key = fingerprint(model, items, tuple(roles), max_length, how)
+        identity = model_identity(model)
+        key = fingerprint(identity, items, tuple(roles), max_length, how)
         cached = cache_dir("reference") / f"{key}.pt"
         stored = load_cached(run_file, say)
         if stored is not None and stored.get("fingerprint") == key:
@@ -168,7 +175,7 @@ def reference_logps(
             logps = None
     store, known = None, None
     if main and logps is None:
-        store = cache_dir("reference") / f"seq-{_store_key(model)}.pt"
+        store = cache_dir("reference") / f"seq-{identity}.pt"
         known = (load_cached(store, say) or {}).get("values") or {}
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -192,16 +199,6 @@ def reference_logps(
     if main:
         save_atomic({"fingerprint": key, "logps": logps}, run_file)
     return logps
-
-
-def _store_key(model) -> str:
-    """The per-sequence store's name: the reference weights, and what changes their values' bits
-    beyond float rounding (device, dtype, torch)."""
-    digest = hashlib.blake2b(digest_size=16)
-    param = next(model.parameters())
-    digest.update(f"{param.device.type}|{param.dtype}|{torch.__version__}".encode())
-    add_weights(digest, model)
-    return digest.hexdigest()
 
 
 STORE_LIMIT = 2_000_000  # values kept per model (about 60 MB); past it the store starts afresh
