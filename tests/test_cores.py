@@ -77,3 +77,39 @@ def test_a_chosen_thread_count_is_left_alone(monkeypatch, env):
     governor = cores.Governor(interval=0.0, torch_module=torch)
     assert not governor.enabled
     assert governor.adjust() is None and torch.threads == 3
+
+
+HEAP_PROBE = """
+import ctypes, torch
+from thumbs.cores import keep_large_blocks
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+print(keep_large_blocks())
+mapped = libc.mallinfo2().hblkhd
+block = torch.ones(64 << 18)  # 64 MiB of float32, above glibc's largest default mmap threshold
+print((libc.mallinfo2().hblkhd - mapped) >> 20)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's heap")
+@pytest.mark.parametrize(
+    "env, tuned, mapped_mib",
+    [
+        ({}, "True", "0"),
+        ({"THUMBS_HEAP": "default"}, "False", "64"),
+        ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, "False", "64"),
+    ],
+)
+def test_large_tensors_come_from_the_heap_unless_the_user_chose(env, tuned, mapped_mib):
+    """A 64 MiB tensor (the LM head's logits chunk is 48 MiB on a 49k vocabulary) is reused from the
+    heap, not mapped afresh and faulted in page by page; a user's own malloc settings win."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("THUMBS_HEAP", "MALLOC_TRIM_THRESHOLD_")}
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP_PROBE], env={**clean, **env}, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [tuned, mapped_mib]

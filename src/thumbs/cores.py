@@ -12,6 +12,8 @@ used since the last look (all cores' busy time from ``/proc/stat`` minus this pr
 ``/proc/self/stat``) and sets ``torch.set_num_threads`` to the cores left, at least one. An idle
 machine keeps every core, so nothing changes there. A user who sets ``OMP_NUM_THREADS`` (or
 ``THUMBS_THREADS=fixed``) has chosen: the governor leaves the thread count alone.
+
+The first call also sets up glibc's heap for tensor work (``keep_large_blocks``).
 """
 
 from __future__ import annotations
@@ -95,6 +97,40 @@ class Governor:
         return wanted
 
 
+# glibc's heap: blocks up to this size come from the heap and are reused once freed (default:
+# anything over 128 KiB-32 MiB is mapped afresh and unmapped on free); up to TRIM stays free at its top
+MMAP_THRESHOLD, TRIM_THRESHOLD = 256 << 20, 512 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def keep_large_blocks() -> bool:
+    """Let glibc reuse freed blocks of up to 256 MiB instead of mapping each one afresh.
+
+    By default glibc serves every block above 32 MiB (at most) with its own ``mmap`` and unmaps it
+    on free, so each new one faults in fresh zeroed pages. A training step makes several such
+    blocks: the LM head's [256, 49,152] float32 logits (48 MiB) per chunk, its [49,152, 576]
+    weight gradient (108 MiB). On this 2-core CPU that made the head's weight-gradient matmul run
+    at 140 GFLOP/s instead of 194 and its log-sum-exp take 22 ms instead of 8. A KTO step on the
+    135M bench shape (full fine-tuning, one process alternating the two settings on one
+    microbatch): 8.99 s with glibc's defaults, 8.33 s with the blocks reused; a whole bench run
+    95 → 108 tokens/s, its peak 3,270 → 3,356 MiB.
+
+    Left alone where the user has chosen (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
+    set, or ``THUMBS_HEAP=default``) and off glibc. Returns whether it was set.
+    """
+    import ctypes
+    import platform
+
+    chosen = any(os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))
+    if chosen or os.environ.get("THUMBS_HEAP") == "default" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 _GOVERNOR: Governor | None = None
 
 
@@ -102,5 +138,6 @@ def adjust_threads() -> int | None:
     """The process-wide governor's ``adjust()``; cheap enough to call between any units of work."""
     global _GOVERNOR
     if _GOVERNOR is None:
+        keep_large_blocks()
         _GOVERNOR = Governor()
     return _GOVERNOR.adjust()
