@@ -122,3 +122,17 @@ def test_a_run_folder_in_use_is_refused_at_once(run, earlier):
         holder.kill()
         holder.wait()
     assert earlier.read_text() == EARLIER
+
+
+def test_a_head_to_head_into_a_run_folder_in_use_is_refused_at_once(run, tmp_path):
+    """`thumbs eval A --against B` writes into A's run folder: a run still training there (or any
+    other command holding it) stops it before a model loads, and nothing is written."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = _eval(run, "text", "--against", str(run))
+        _assert_clear(result, 2, "in use by another thumbs command", "thumbs train")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (run / f"versus-{run.name}.json").exists()

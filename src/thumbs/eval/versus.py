@@ -55,7 +55,24 @@ def head_to_head(
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Policy A against policy B on the same prompts and streams; write the result and return it."""
+    """Policy A against policy B on the same prompts and streams; write the result and return it.
+
+    A's run folder (where the result goes) is owned for the duration, as ``thumbs eval`` owns it:
+    a run still training there, or another command writing there, is refused at once.
+    """
+    options = {k: v for k, v in locals().items() if k not in ("run_a", "run_b")}  # the keywords, as given
+    import contextlib
+
+    from thumbs.eval.policy import resolve_target
+    from thumbs.folders import owned
+
+    run_dir = resolve_target(run_a)[0]
+    with owned(run_dir, "thumbs eval --against") if run_dir is not None else contextlib.nullcontext():
+        return _head_to_head(run_a, run_b, **options)
+
+
+def _head_to_head(run_a, run_b, *, prompts, judge, rubric, n, seed, max_new_tokens, temperature, top_p,
+                  batch_size, out, device, progress) -> dict:  # fmt: skip
     import numpy as np
     import torch
     from tqdm.auto import tqdm
