@@ -49,8 +49,14 @@ def _run(command: list[str], cache: Path) -> subprocess.CompletedProcess:
     try:
         stdout, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        # torch's launcher starts each worker in a session of its own: only the launcher can stop
+        # them, on SIGTERM; SIGKILL to the launcher's group would leave them holding our pipes
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
         raise
     result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if result.returncode not in (0, 2):

@@ -361,7 +361,30 @@ def save(run: Run) -> None:
     d = run.run_dir
     run.say(f"thumbs: done. Run folder: {d}\n  metrics: {d / 'metrics.jsonl'}\n  model:   {d / 'final'}")
     run.accelerator.wait_for_everyone()
+    if run.accelerator.num_processes > 1:
+        _quiet_process_group(run)
     run.accelerator.end_training()  # closes the trackers' runs; under DDP it also ends the process group
+
+
+def _quiet_process_group(run: Run) -> None:
+    """Let gloo's threads finish with the last collectives before its process group is destroyed.
+
+    gloo's work thread drops a finished collective after the caller has its result, and dropping it
+    frees tensors that Python owns: it needs the GIL. The group's destructor joins that thread
+    while holding the GIL, so if it runs first (it ran when the DDP wrapper holding the group was
+    freed, as ``train`` returned) the process hangs for ever after "done". Seen once in CI: rank 1
+    of a two-process run stuck in ``~ProcessGroupGloo`` joining a thread that waited for the GIL to
+    free the final barrier's work. So: free the wrapper (and Accelerate's references to it) while
+    the group still lives, then release the GIL for a moment so the thread can finish; the group is
+    destroyed afterwards, with nothing left for its thread to do.
+    """
+    import gc
+    import time
+
+    run.wrapped = run.optimizer = run.scheduler = None
+    run.accelerator.free_memory()
+    gc.collect()
+    time.sleep(0.2)  # releases the GIL
 
 
 def train_command(
