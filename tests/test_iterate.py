@@ -55,7 +55,14 @@ def test_example_with_population_two_rounds(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     state = json.loads((out / "iterate.json").read_text())
     assert state["status"] == "finished" and [r["round"] for r in state["rounds"]] == [1, 2]
-    assert (out / "iterate.html").read_text().count("data:image/png;base64,") == 1
+    page = (out / "iterate.html").read_text()
+    assert page.count("data:image/png;base64,") == 1
+    # how often each round's policy ended an answer before the cap, beside the original: a policy
+    # whose answers all run to the cap is seen in the table, not only in eval.json
+    for r in state["rounds"]:
+        stopped = r["against_original"]["length"]["stopped"]
+        assert 0 <= stopped["policy"] <= 1 and 0 <= stopped["reference"] <= 1
+        assert f"{stopped['policy']:.0%} end ({stopped['reference']:.0%})" in page
     for number in (1, 2):
         folder = out / f"round-{number}"
         # the planted heavy downvoters, and only they, are found by every round's audit

@@ -116,3 +116,23 @@ def test_report_renders_in_headless_chromium_without_network(runs, tmp_path):
     assert image.size == (1280, 2400)
     dark = sum(image.point(lambda v: 255 if v < 128 else 0).histogram()[255:])
     assert dark > 5000  # text and plots drew, not a blank page
+
+
+@pytest.mark.parametrize(
+    "stops, ref_stops, flagged", [(0.0, 0.6, True), (0.25, 0.55, True), (0.4, 0.6, False), (0.1, 0.3, False)]
+)
+def test_a_policy_whose_answers_run_to_the_cap_is_flagged(tmp_path, stops, ref_stops, flagged):
+    """The production rounds' policies all ran to the 48-token cap while the start stopped 52-66%
+    of its answers earlier: their length and reward are the cap's. The reading says so."""
+    from thumbs.report.runs import Run, headline
+
+    ev = {
+        "win_rate": 0.6, "win_rate_ci": [0.45, 0.73], "n": 48, "kl": {"mean": 12.0},
+        "reward": {"policy": {"mean": 0.5}, "reference": {"mean": 0.4}},
+        "length": {"policy": 30.0, "reference": 27.0, "stopped": {"policy": stops, "reference": ref_stops}},
+        "sampling": {"max_new_tokens": 48}, "heldout_auc": 0.7,
+    }  # fmt: skip
+    reading = headline(Run("r", tmp_path, config={"method": "kto"}, eval=ev))["reading"]
+    assert ("answers run to the 48-token cap" in reading) is flagged, reading
+    if flagged:
+        assert f"{stops:.0%} end before it, the reference's {ref_stops:.0%}" in reading

@@ -34,15 +34,22 @@ def rows(state: dict) -> list[list[str]]:
                 else f"{reward['policy']['mean']:.3f} ({reward['policy']['mean'] - reward['reference']['mean']:+.3f})",
                 f"{orig['kl']['mean']:.3g}",
                 f"{start['kl']['mean']:.3g}",
-                f"{orig['length']['policy']:.1f} ({orig['length']['reference']:.1f})",
+                f"{orig['length']['policy']:.1f} ({orig['length']['reference']:.1f})"
+                + _stops(orig["length"]),
             ]
         )
     return table
 
 
+def _stops(length: dict) -> str:
+    """How often the policy (and the original) ended an answer before the sampling cap."""
+    stopped = length.get("stopped")
+    return f"; {stopped['policy']:.0%} end ({stopped['reference']:.0%})" if stopped else ""
+
+
 HEADER = [
     "round", "votes", "heavy downvoters (audit)", "win rate vs start [95% CI]", "win rate vs original [95% CI]",
-    "reward (Δ vs original)", "KL vs original", "KL vs start", "length (original)",
+    "reward (Δ vs original)", "KL vs original", "KL vs start", "length (original); ended before the cap",
 ]  # fmt: skip
 
 

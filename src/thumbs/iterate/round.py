@@ -152,7 +152,9 @@ def headline(result: dict) -> dict[str, Any]:
         "win_rate_ci": result["win_rate_ci"],
         "reward": result["reward"],
         "kl": result["kl"],
-        "length": {k: result["length"][k] for k in ("policy", "reference")},
+        "length": {
+            k: result["length"][k] for k in ("policy", "reference", "stopped") if k in result["length"]
+        },
         "heldout_auc": result.get("heldout_auc"),
     }
 

@@ -17,6 +17,9 @@ from thumbs.show import fmt
 
 DATA_FILES = ("data_summary.json", "audit.json", "manifest.json")
 LENGTH_DRIFT = 0.2  # flag a policy whose completions are 20% longer or shorter than the reference's
+# flag a policy that stops (ends its answer) at most half as often as the reference, 25 points
+# less: its answers run to the sampling cap, so its length and reward are the cap's, not its own
+STOP_DRIFT = 0.25
 
 
 @dataclass
@@ -186,6 +189,18 @@ def headline(run: Run) -> dict[str, str]:
         reading.append(f"no clear difference at n={ev['n']}")
     if ref_length and abs(length / ref_length - 1) > LENGTH_DRIFT:
         reading.append(f"length {length / ref_length - 1:+.0%}")
+    stopped = ev["length"].get("stopped") or {}
+    stops, ref_stops = stopped.get("policy"), stopped.get("reference")
+    if (
+        stops is not None
+        and ref_stops is not None
+        and ref_stops - stops >= STOP_DRIFT
+        and stops <= ref_stops / 2
+    ):
+        cap = (ev.get("sampling") or {}).get("max_new_tokens")
+        reading.append(
+            f"answers run to the {cap}-token cap: {stops:.0%} end before it, the reference's {ref_stops:.0%}"
+        )
     auc = ev.get("heldout_auc")
     if auc is not None and auc <= 0.5:
         reading.append("held-out AUC at or below chance")
