@@ -403,3 +403,29 @@ def test_other_files_in_the_folder_are_kept_and_a_stale_audit_is_dropped(tmp_pat
     assert result.exit_code == 0 and "audit.json removed" in result.output
     assert (out / "notes.txt").read_text() == "mine" and (out / "extra" / "a.txt").read_text() == "also mine"
     assert not (out / "audit.json").exists()
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["in-manifest", "older-folder"])
+def test_a_damaged_quarantine_stops_the_next_ingest_and_changes_nothing(tmp_path, recorded):
+    """Another ingest into the folder carries the rows rejected before into its new quarantine: a
+    quarantine.jsonl cut short (or edited) would lose them, or fail in DuckDB with a traceback.
+    The manifest records its size and SHA-256; without that record (a folder from before it) a line
+    that does not parse is the same clear error. Either way nothing in the folder changes."""
+    out, _ = _good_folder(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    quarantine = out / "quarantine.jsonl"
+    assert manifest["quarantine_file"]["sha256"] == store._sha256(quarantine)  # as written
+    assert manifest["quarantine_file"]["bytes"] == quarantine.stat().st_size > 0
+    if not recorded:
+        del manifest["quarantine_file"]
+        (out / "manifest.json").write_text(json.dumps(manifest))
+    quarantine.write_bytes(quarantine.read_bytes()[:40])  # cut inside its first row
+    before = _snapshot(out)
+    new = _log(tmp_path / "new.jsonl", 4, "new")
+    result = CliRunner().invoke(app, ["ingest", str(new), "--out", str(out)])
+    needle = "is not the file ingest wrote" if recorded else "cannot carry the previous rejected rows over"
+    _assert_clear(result, 2, "quarantine.jsonl", needle, "move it aside")
+    assert _snapshot(out) == before and _leftovers(out) == []
+    quarantine.unlink()  # moved aside, as the hint says: the next ingest starts a new quarantine
+    again = CliRunner().invoke(app, ["ingest", str(new), "--out", str(out)])
+    assert again.exit_code == 0, again.output

@@ -113,6 +113,26 @@ def verify_events(path: str | Path) -> Path:
     return path
 
 
+def verify_quarantine(out: Path) -> None:
+    """``out/quarantine.jsonl`` as ingest wrote it, before its rows are carried into a new set.
+
+    Beside a manifest that records it, its size and SHA-256 must match; a folder from before that
+    record is read as it is (``_write_quarantine`` turns a line that does not parse into the same
+    kind of error). Merging never drops a quarantined row silently: a damaged file stops the run.
+    """
+    path = out / "quarantine.jsonl"
+    recorded = read_manifest(out).get("quarantine_file")
+    if recorded is None or not path.is_file():
+        return
+    if path.stat().st_size != recorded["bytes"] or _sha256(path) != recorded["sha256"]:
+        raise ThumbsError(
+            "is not the file ingest wrote (its size or SHA-256 differs from manifest.json): its rejected "
+            "rows would be carried into the new folder damaged",
+            file=str(path),
+            hint="move it aside (keeping its rows) to start a new quarantine, or ingest into a new folder",
+        )
+
+
 def write_output(path: str | Path, text: str) -> Path:
     """Write a command's output file whole (``folders.write_text``), or say in one line why not."""
     path = Path(path)
@@ -229,6 +249,8 @@ def _write_events(con, path: Path, split_by: str, eval_fraction: float) -> None:
 
 def _write_quarantine(con, path: Path, staged: Path) -> None:
     """The previous quarantine's rows of sources not read again, then this run's, into ``staged``."""
+    import duckdb
+
     columns = ", ".join(QUARANTINE)
     if path.is_file() and path.stat().st_size:
         types = "{" + ", ".join(f"'{k}': '{v}'" for k, v in QUARANTINE.items()) + "}"
@@ -240,13 +262,20 @@ def _write_quarantine(con, path: Path, staged: Path) -> None:
     fresh = columns.replace(
         "raw_truncated, raw", "raw_truncated, rtrim(raw, chr(13) || chr(10))"
     )  # line endings
-    con.execute(
-        f"""COPY (SELECT {columns} FROM (
-            {old}
-            UNION ALL SELECT {fresh}, 1, src_index, 0 FROM cands WHERE reason IS NOT NULL)
-            ORDER BY part, ordinal, src_index, file, row
-        ) TO '{_sql_path(staged)}' (FORMAT json)"""
-    )
+    try:
+        con.execute(
+            f"""COPY (SELECT {columns} FROM (
+                {old}
+                UNION ALL SELECT {fresh}, 1, src_index, 0 FROM cands WHERE reason IS NOT NULL)
+                ORDER BY part, ordinal, src_index, file, row
+            ) TO '{_sql_path(staged)}' (FORMAT json)"""
+        )
+    except duckdb.InvalidInputException as err:  # the previous file: a line that is not JSON
+        raise ThumbsError(
+            f"cannot carry the previous rejected rows over: {_first_line(err)}",
+            file=str(path),
+            hint="move it aside (keeping its rows) to start a new quarantine, or ingest into a new folder",
+        ) from None
 
 
 def _count(con, entries: list[dict]) -> list[dict]:
@@ -303,6 +332,8 @@ def finish(staged: Path, out: Path, manifest: dict) -> dict:
     events = staged / "events.parquet"
     manifest["events_file"] = {"rows": manifest["events"], "bytes": events.stat().st_size,
                                "sha256": _sha256(events)}  # fmt: skip
+    quarantine = staged / "quarantine.jsonl"
+    manifest["quarantine_file"] = {"bytes": quarantine.stat().st_size, "sha256": _sha256(quarantine)}
     manifest["notes"] = []
     for path in sorted(out.iterdir()) if out.is_dir() else []:
         if path.name in OUTPUTS or path.name == ".ingest-tmp":
