@@ -198,8 +198,9 @@ def headline(run: Run) -> dict[str, str]:
         and stops <= ref_stops / 2
     ):
         cap = (ev.get("sampling") or {}).get("max_new_tokens")
+        cap = f"{cap}-token" if cap else "sampling"
         reading.append(
-            f"answers run to the {cap}-token cap: {stops:.0%} end before it, the reference's {ref_stops:.0%}"
+            f"answers run to the {cap} cap: {stops:.0%} end before it, the reference's {ref_stops:.0%}"
         )
     auc = ev.get("heldout_auc")
     if auc is not None and auc <= 0.5:
