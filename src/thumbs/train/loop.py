@@ -376,12 +376,14 @@ def _quiet_process_group(run: Run) -> None:
     of a two-process run stuck in ``~ProcessGroupGloo`` joining a thread that waited for the GIL to
     free the final barrier's work. So: free the wrapper (and Accelerate's references to it) while
     the group still lives, then release the GIL for a moment so the thread can finish; the group is
-    destroyed afterwards, with nothing left for its thread to do.
+    destroyed afterwards, with nothing left for its thread to do. (The same CI run had an FSDP2
+    rank abort at this teardown, "terminate called without an active exception"; its sharded model
+    is freed here too, so the group goes in one known place.)
     """
     import gc
     import time
 
-    run.wrapped = run.optimizer = run.scheduler = None
+    run.wrapped = run.model = run.optimizer = run.scheduler = None  # FSDP2's shards hold the group too
     run.accelerator.free_memory()
     gc.collect()
     time.sleep(0.2)  # releases the GIL
