@@ -86,7 +86,7 @@ def ingest(
         previous = store.read_manifest(out)
         if (out / "events.parquet").is_file():
             store.verify_events(out)  # merged below: it must be whole
-        store.verify_quarantine(out)  # so must the rows rejected before
+        store.verify_quarantine(out, previous)  # so must the rows rejected before
         split_by = run.get("split_by") or previous.get("split_by") or "prompt"
         eval_fraction = run.get("eval_fraction")
         if eval_fraction is None:

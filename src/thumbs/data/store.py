@@ -113,15 +113,15 @@ def verify_events(path: str | Path) -> Path:
     return path
 
 
-def verify_quarantine(out: Path) -> None:
+def verify_quarantine(out: Path, manifest: dict) -> None:
     """``out/quarantine.jsonl`` as ingest wrote it, before its rows are carried into a new set.
 
-    Beside a manifest that records it, its size and SHA-256 must match; a folder from before that
+    Where ``manifest`` (the folder's, as read) records it, its size and SHA-256 must match; a folder from before that
     record is read as it is (``_write_quarantine`` turns a line that does not parse into the same
     kind of error). Merging never drops a quarantined row silently: a damaged file stops the run.
     """
     path = out / "quarantine.jsonl"
-    recorded = read_manifest(out).get("quarantine_file")
+    recorded = manifest.get("quarantine_file")
     if recorded is None or not path.is_file():
         return
     if path.stat().st_size != recorded["bytes"] or _sha256(path) != recorded["sha256"]:

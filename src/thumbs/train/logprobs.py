@@ -107,30 +107,19 @@ def completion_logps(
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
     hidden = base.get_decoder()(**kwargs).last_hidden_state
-    if source_ids is not None:
+    if source_ids is not None:  # each completion token from the position ``source_ids`` names
         row, col = (completion_mask & (source_ids >= 0)).nonzero(as_tuple=True)
-        token_logps = token_logps_at(
-            model, hidden[row, source_ids[row, col]], input_ids[row, col], chunk_size
-        )
-        rows = segment_ids[row, col]
-        count = num_segments
-        sums = torch.zeros(count, dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logps)
-        tokens = torch.zeros(count, dtype=torch.long, device=hidden.device).index_add(
-            0, rows, torch.ones_like(rows)
-        )
-        return sums, tokens
-    predict = completion_mask[:, 1:]
-    selected = hidden[:, :-1][predict]
-    targets = input_ids[:, 1:][predict]
+        selected, targets = hidden[row, source_ids[row, col]], input_ids[row, col]
+        rows, count = segment_ids[row, col], num_segments
+    else:  # each from the position before it
+        predict = completion_mask[:, 1:]
+        selected, targets = hidden[:, :-1][predict], input_ids[:, 1:][predict]
+        if segment_ids is None:
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)
+            rows, count = rows[predict], input_ids.shape[0]
+        else:
+            rows, count = segment_ids[:, 1:][predict], num_segments
     token_logps = token_logps_at(model, selected, targets, chunk_size)
-    if segment_ids is None:
-        rows = (
-            torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predict)[predict]
-        )
-        count = input_ids.shape[0]
-    else:
-        rows = segment_ids[:, 1:][predict]
-        count = num_segments
     sums = torch.zeros(count, dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logps)
     tokens = torch.zeros(count, dtype=torch.long, device=hidden.device).index_add(
         0, rows, torch.ones_like(rows)

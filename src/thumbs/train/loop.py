@@ -380,12 +380,10 @@ def _quiet_process_group(run: Run) -> None:
     rank abort at this teardown, "terminate called without an active exception"; its sharded model
     is freed here too, so the group goes in one known place.)
     """
-    import gc
     import time
 
     run.wrapped = run.model = run.optimizer = run.scheduler = None  # FSDP2's shards hold the group too
-    run.accelerator.free_memory()
-    gc.collect()
+    run.accelerator.free_memory()  # drops Accelerate's references and collects
     time.sleep(0.2)  # releases the GIL
 
 

@@ -189,13 +189,12 @@ def reference_logps(
         if main:
             save_atomic(logps, cached)
             _remember(store, computed)
-            if known:
-                names = {sequence_key(ids, start) for role in roles for ids, start in items.seqs[role]}
-                if names & known.keys():
-                    say(
-                        f"thumbs: reference log-probs of {len(names & known.keys())} of {len(names)} distinct "
-                        "sequences taken from earlier runs on the same model (equal to float rounding)"
-                    )
+            distinct = len({(tuple(ids), start) for role in roles for ids, start in items.seqs[role]})
+            if distinct > len(computed):  # the rest came from the store
+                say(
+                    f"thumbs: reference log-probs of {distinct - len(computed)} of {distinct} distinct "
+                    "sequences taken from earlier runs on the same model (equal to float rounding)"
+                )
     if main:
         save_atomic({"fingerprint": key, "logps": logps}, run_file)
     return logps
