@@ -1,14 +1,18 @@
 """thumbs' eval sampling against plain transformers ``generate``: samples/s, and the same samples.
 
     python bench/eval.py [--model quick|135m|default|PATH] [--n 64] [--max-new-tokens 48]
-                         [--batch-size 16] [--thumbs-batch-size B] [--distinct K] [--repeats 3] [--json]
+                         [--batch-size 16] [--thumbs-batch-size 64] [--distinct K] [--repeats 3] [--json]
 
 Both tools sample the same n completions: the same prompts, the same per-sample random streams
-(inverse-CDF picks from ``sample_seed(0, i)``), temperature 1, top_p 1, fp32 on CPU, batches of
-``--batch-size`` prompts. transformers' side is ``model.generate`` with thumbs' ``InverseCDFSampler``
-as its logits processor (``thumbs.eval.sampling.transformers_generate``: what thumbs ran before
-its own decode loop); thumbs' side is ``thumbs.eval.sampling.generate``. The bench fails unless
-both return identical token ids for every sample.
+(inverse-CDF picks from ``sample_seed(0, i)``), temperature 1, top_p 1, fp32 on CPU. thumbs' side
+is ``thumbs.eval.sampling.generate`` in batches of ``--thumbs-batch-size`` (default 64, as
+``thumbs eval``); transformers' side is ``model.generate`` in batches of ``--batch-size`` with
+thumbs' ``InverseCDFSampler`` as its logits processor and thumbs' batch-invariant decode attention
+(``thumbs.eval.sampling.transformers_generate``). A sample does not depend on its batch, so the
+bench fails unless both return identical token ids for every sample, whatever the two batch sizes.
+"before" is what ``thumbs eval`` ran before this issue: the same ``generate`` path with the
+model's own SDPA attention in batches of ``--batch-size``; its samples are counted, not required,
+to match (SDPA's rounding depends on the batch, so a few samples go their own way).
 
 Models: ``quick`` a small random Llama with SmolLM2's 49,152-token vocabulary (hidden 128, 4
 layers); ``135m`` a random SmolLM2-135M-shaped Llama (hidden 576, 30 layers); ``default`` the
@@ -18,7 +22,7 @@ or a model folder. Random models never stop early, so every sample is ``--max-ne
 Prompts: ``--distinct 1`` (default) is the builtin movie task's one chat prompt, which every
 sample of ``thumbs demo`` shares; ``--distinct K`` cycles K different chat prompts, as an eval on
 held-out prompts does. Reported: samples/s per tool (median over ``--repeats``, after one
-warm-up batch), the ratio thumbs ÷ transformers, the same per CPU-second of this process (the
+warm-up batch), the ratios thumbs ÷ transformers and thumbs ÷ before, the same per CPU-second of this process (the
 figure to read on a machine other jobs share), and, for thumbs, the KL pass in samples/s (the
 reference's teacher-forced pass over the policy's samples, here the model against itself; the
 policy's states are the ones its sampling kept, as in ``thumbs eval``).
@@ -99,7 +103,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
-        "--thumbs-batch-size", type=int, default=None, help="thumbs' batch (default: --batch-size)"
+        "--thumbs-batch-size", type=int, default=64, help="thumbs' batch (thumbs eval's default)"
     )
     parser.add_argument("--distinct", type=int, default=1, help="distinct prompts, cycled to n")
     parser.add_argument("--repeats", type=int, default=3)
@@ -110,14 +114,14 @@ def main() -> None:
     ids = prompts(tokenizer, args.n, args.distinct)
     seeds = [sample_seed(0, i) for i in range(args.n)]
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0)
-    ours = dict(settings, batch_size=args.thumbs_batch_size or args.batch_size)
+    ours = dict(settings, batch_size=args.thumbs_batch_size)
     theirs = dict(settings, batch_size=args.batch_size)
     warm = slice(0, min(args.batch_size, args.n))
     generate(model, tokenizer, ids[warm], seeds[warm], **ours)
     transformers_generate(model, tokenizer, ids[warm], seeds[warm], **theirs)
 
-    times: dict[str, list[float]] = {"thumbs": [], "transformers": [], "kl": []}
-    same = True
+    times: dict[str, list[float]] = {"thumbs": [], "transformers": [], "before": [], "kl": []}
+    same, same_before = True, []
     pad = pad_id_of(tokenizer, stop_ids(model, tokenizer))
     itself = lambda: nullcontext(model)  # noqa: E731 — the KL pass's cost, here against the model itself
     for _ in range(args.repeats):
@@ -125,10 +129,19 @@ def main() -> None:
         t_ours, a = timed(lambda: generate(model, tokenizer, ids, seeds, hidden_out=kept, **ours))  # noqa: B023
         t_theirs, b = timed(lambda: transformers_generate(model, tokenizer, ids, seeds, **theirs))
         same &= a == b
+        t_before, c = timed(
+            lambda: transformers_generate(model, tokenizer, ids, seeds, invariant=False, **theirs)
+        )
+        same_before.append(sum(x == y for x, y in zip(a, c)))
         t_kl, _ = timed(
             lambda: kl_along_samples(model, itself, ids, a, pad, ours["batch_size"], policy_hidden=kept)  # noqa: B023
         )
-        for key, value in (("thumbs", t_ours), ("transformers", t_theirs), ("kl", t_kl)):
+        for key, value in (
+            ("thumbs", t_ours),
+            ("transformers", t_theirs),
+            ("before", t_before),
+            ("kl", t_kl),
+        ):
             times[key].append(value)
     rate = {key: args.n / statistics.median(v[0] for v in values) for key, values in times.items()}
     cpu_rate = {key: args.n / statistics.median(v[1] for v in values) for key, values in times.items()}
@@ -140,12 +153,15 @@ def main() -> None:
         "distinct_prompts": args.distinct,
         "prompt_tokens": len(ids[0]),
         "threads": torch.get_num_threads(),
-        "samples_per_s": {"thumbs": round(rate["thumbs"], 3), "transformers": round(rate["transformers"], 3)},
+        "samples_per_s": {key: round(rate[key], 3) for key in ("thumbs", "transformers", "before")},
         "speedup": round(rate["thumbs"] / rate["transformers"], 3),
-        "samples_per_cpu_s": {key: round(cpu_rate[key], 3) for key in ("thumbs", "transformers")},
+        "speedup_vs_before": round(rate["thumbs"] / rate["before"], 3),
+        "samples_per_cpu_s": {key: round(cpu_rate[key], 3) for key in ("thumbs", "transformers", "before")},
         "speedup_cpu": round(cpu_rate["thumbs"] / cpu_rate["transformers"], 3),
+        "speedup_cpu_vs_before": round(cpu_rate["thumbs"] / cpu_rate["before"], 3),
         "kl_pass_samples_per_s": round(rate["kl"], 3),
         "same_samples": same,
+        "same_as_before": f"{min(same_before)} of {args.n}",
         "seconds": {key: [round(v[0], 2) for v in values] for key, values in times.items()},
         "cpu_seconds": {key: [round(v[1], 2) for v in values] for key, values in times.items()},
     }
@@ -159,9 +175,12 @@ def main() -> None:
         print(
             f"  transformers  {rate['transformers']:.2f} samples/s  ({cpu_rate['transformers']:.2f} per CPU-second)"
         )
+        print(f"  before        {rate['before']:.2f} samples/s  ({cpu_rate['before']:.2f} per CPU-second)")
         print(
             f"  speedup       {result['speedup']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU   same samples: {same}"
         )
+        print(f"  vs before     {result['speedup_vs_before']:.2f}x wall, {result['speedup_cpu_vs_before']:.2f}x CPU   "
+              f"same samples: {result['same_as_before']}")  # fmt: skip
         print(f"  KL pass (thumbs: the reference over the policy's samples)  {rate['kl']:.2f} samples/s")
     if not same:
         sys.exit("bench/eval.py: thumbs and transformers sampled different tokens")

@@ -212,6 +212,86 @@ def test_own_decode_loop_picks_what_generate_picks(tmp_path, temperature, top_p)
         assert generate(model, tokenizer, prompts, seeds, batch_size=batch_size, **settings) == expected
 
 
+def test_decode_attention_is_sdpa_and_gives_each_row_the_same_result_in_any_batch():
+    """One new token per row: SDPA's value to float rounding, and each row's bits whatever the batch.
+
+    PyTorch's CPU SDPA kernel on two threads rounds a row differently in a batch of 16 and one of
+    64 at most widths (33, 36, 39, ...); the plain matmuls here do not, at any width tried."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from thumbs.eval.sampling import decode_attention
+
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        for width in (33, 36, 48, 90, 129):
+            q, k, v = torch.randn(16, 9, 1, 64), torch.randn(16, 3, width, 64), torch.randn(16, 3, width, 64)
+            mask = torch.rand(16, 1, 1, width) > 0.2
+            mask[..., -1] = True  # the new token always sees itself
+            for m in (None, mask):
+                ours, _ = decode_attention(module, q, k, v, m, scaling=0.125)
+                theirs, _ = sdpa_attention_forward(module, q, k, v, m, scaling=0.125)
+                assert ours.shape == theirs.shape == (16, 1, 9, 64)
+                assert torch.allclose(ours, theirs, atol=1e-5)
+                for rows in (1, 5, 15):
+                    alone, _ = decode_attention(module, q[:rows], k[:rows], v[:rows], None if m is None else m[:rows],
+                                                scaling=0.125)  # fmt: skip
+                    assert torch.equal(alone, ours[:rows])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_samples_are_the_same_in_batches_of_any_size_and_the_model_is_given_back(tmp_path):
+    from thumbs.models import load_model, load_tokenizer, save_tiny
+    from thumbs.tokenize import Encoder
+
+    save_tiny(tmp_path / "m", seed=2)
+    model, tokenizer = load_model(str(tmp_path / "m")).eval(), load_tokenizer(str(tmp_path / "m"))
+    assert model.config._attn_implementation == "sdpa"
+    prompt = Encoder(tokenizer, max_length=128).prompt_ids("Review the movie:")
+    seeds = [sample_seed(0, i) for i in range(12)]
+    settings = dict(max_new_tokens=12, temperature=1.0, top_p=1.0)
+    samples = {
+        b: generate(model, tokenizer, [prompt] * 12, seeds, batch_size=b, **settings) for b in (12, 5, 1)
+    }
+    assert samples[12] == samples[5] == samples[1]
+    assert len({tuple(s) for s in samples[12]}) > 1
+    assert model.config._attn_implementation == "sdpa"  # only while sampling
+
+    class Stop(Exception):
+        pass
+
+    class Progress:
+        def update(self, n):
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate(model, tokenizer, [prompt], seeds[:1], batch_size=1, progress=Progress(), **settings)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_reserved_cache_layer_holds_what_concatenation_holds():
+    from transformers.cache_utils import DynamicCache
+
+    from thumbs.eval.sampling import ReservedLayer, reserve
+
+    torch.manual_seed(0)
+    parts = [(torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)) for n in (5, 1, 1, 1)]
+    cache = DynamicCache()
+    cache.update(*parts[0], layer_idx=0)
+    reserve(cache, 2)
+    layer = cache.layers[0]
+    assert isinstance(layer, ReservedLayer)
+    for step, (k, v) in enumerate(parts[1:]):  # two fit in the room reserved; the third outgrows it
+        keys, values = cache.update(k, v, layer_idx=0)
+        assert (keys.data_ptr() == layer.key_buffer.data_ptr()) == (step < 2)  # written in place, not copied
+    assert torch.equal(keys, torch.cat([p[0] for p in parts], dim=-2))
+    assert torch.equal(values, torch.cat([p[1] for p in parts], dim=-2))
+    assert cache.get_seq_length() == 8
+
+
 # ---- head to head ---------------------------------------------------------------------------------
 
 

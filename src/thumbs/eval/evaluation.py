@@ -133,7 +133,7 @@ def evaluate(
     from thumbs.eval.judges import checked_scores, make_judge
     from thumbs.eval.memo import memo_key, remembered
     from thumbs.eval.policy import load_models, resolve_target
-    from thumbs.eval.sampling import generate, pad_id_of, sample_seed, stop_ids, stop_trimmed
+    from thumbs.eval.sampling import SAMPLER, generate, pad_id_of, sample_seed, stop_ids, stop_trimmed
     from thumbs.tokenize import Encoder
     from thumbs.train.reference import model_identity
 
@@ -179,7 +179,12 @@ def evaluate(
             )
             with models.reference_scope() as ref_model:
                 identity = model_identity(ref_model) if reuse else None  # read its weights once
-                how = {**settings, "stops": sorted(stops), "pad": pad_id_of(tokenizer, stops)}
+                how = {
+                    **settings,
+                    "stops": sorted(stops),
+                    "pad": pad_id_of(tokenizer, stops),
+                    "sampler": SAMPLER,
+                }
                 key = (
                     memo_key(identity, "samples", how, [prompt_ids, [[s] for s in seeds]]) if reuse else None
                 )

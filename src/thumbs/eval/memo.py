@@ -6,8 +6,9 @@ an online loop measured against the original) sample that reference on the same 
 same random streams, and score it on the same held-out votes. Those numbers are a function of the
 reference's weights, the token ids, the settings and the software, and nothing else, so they are
 computed once and kept in ``$THUMBS_CACHE/eval`` under a hash of all of those. Any difference in
-any of them (another model or a bit of its weights, another prompt, another batch size — the samples
-are bit-identical only at equal batch — another device, dtype or library version) is another key: a
+any of them (another model or a bit of its weights, another prompt, another batch size — prompts
+of different lengths are padded to their batch's longest, which can move a rounding — another
+device, dtype, library version or sampler: ``thumbs.eval.sampling.SAMPLER``) is another key: a
 miss, never a stale hit. A file that does not load or does not fit what was asked is recomputed.
 """
 

@@ -13,20 +13,135 @@ one) is run through the model once and its cache copied to every sample, and onl
 position's logits are computed. It picks exactly the tokens ``generate`` with
 ``InverseCDFSampler`` picks (a test; ``bench/eval.py`` checks it on the default model too):
 finished rows are fed the pad token, positions follow the attention mask as ``generate``'s do.
+
+A sample's tokens do not depend on the batch it ran in, to the bit: PyTorch's CPU attention
+kernel rounds a row's result differently in batches of different sizes (with two threads, a
+batch of 16 and one of 64 gave 2 of 64 SmolLM2 samples a different late token), so while thumbs
+samples, a one-token step attends through plain matmuls instead (``decode_attention``), which
+give each row the same result in any batch. Prompts of one length, or a prompt repeated, sample
+the same in batches of any size; prompts of different lengths are left-padded to the longest in
+their batch, and the padding a batch needs can still move a rounding. The key/value cache is
+allocated once for the whole answer rather than concatenated a step at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import LogitsProcessor
+from transformers.cache_utils import DynamicLayer
 
 from thumbs.cores import adjust_threads
 from thumbs.tokenize import pack_shared
 from thumbs.train.logprobs import base_model, completion_logps, head_logits
+
+DECODE_ATTENTION = "thumbs_decode"
+# Names how samples are computed, for the eval cache's key (thumbs.eval.memo): it changes whenever a
+# change to this module can change a sample's tokens, so a cached sample is never another version's.
+SAMPLER = "inverse-cdf float64; one-token attention by matmuls (batch-invariant); 2026-12-01"
+
+
+def decode_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
+    """SDPA, except that one new token per row attends through two matmuls and a softmax.
+
+    transformers' attention interface: query [B, H, q, D], key/value [B, KV, T, D] (KV divides H),
+    the mask as ``sdpa_mask`` makes it (boolean, or None where nothing is masked); returns
+    ([B, q, H, D], None). For q = 1 the query heads of each key/value head are laid out as that
+    head's rows, as transformers' ``pack_gqa`` does, so no key/value is repeated.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None and not dropout
+    shared_mask = attention_mask is None or attention_mask.shape[1] == 1
+    if query.shape[2] != 1 or not plain or not shared_mask or query.shape[1] % key.shape[1]:
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    batch, heads, _, dim = query.shape
+    groups = key.shape[1]
+    scores = torch.matmul(query.reshape(batch, groups, heads // groups, dim), key.transpose(-1, -2))
+    scores = scores * (dim**-0.5 if scaling is None else scaling)
+    if attention_mask is not None:  # [B, 1, 1, T]: the same for every head
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    out = torch.matmul(torch.softmax(scores, dim=-1), value)  # [B, KV, H / KV, D]
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _register_decode_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def batch_invariant(model: Any) -> Iterator[None]:
+    """While sampling, a model that attends through SDPA attends through ``decode_attention``."""
+    config = base_model(model).config
+    if (
+        getattr(config, "_attn_implementation", None) != "sdpa"
+    ):  # eager (Gemma 2's softcap), flash: left alone
+        yield
+        return
+    _register_decode_attention()
+    config._attn_implementation = DECODE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+class ReservedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views into buffers allocated once for the answer."""
+
+    @classmethod
+    def around(cls, layer: DynamicLayer, extra: int) -> ReservedLayer:
+        new = cls.__new__(cls)
+        new.__dict__.update(layer.__dict__)
+        batch, heads, length, _ = layer.keys.shape
+        new.key_buffer = layer.keys.new_empty(batch, heads, length + extra, layer.keys.shape[-1])
+        new.value_buffer = layer.values.new_empty(batch, heads, length + extra, layer.values.shape[-1])
+        new.key_buffer[:, :, :length] = layer.keys
+        new.value_buffer[:, :, :length] = layer.values
+        new.keys, new.values = new.key_buffer[:, :, :length], new.value_buffer[:, :, :length]
+        return new
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2] or key_states.shape[0] != self.key_buffer.shape[0]:
+            return super().update(key_states, value_states, *args, **kwargs)  # outgrown: concatenate
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+def reserve(cache: Any, extra: int) -> None:
+    """Give each full-attention layer of a prefilled ``DynamicCache`` room for ``extra`` more
+    positions, written in place as they come, instead of a new concatenated tensor per step."""
+    layers = getattr(cache, "layers", None)
+    for i, layer in enumerate(layers or []):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+            layers[i] = ReservedLayer.around(layer, extra)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -50,7 +165,8 @@ def inverse_cdf_pick(
     """
     if temperature == 0:
         return scores.argmax(-1)
-    probs = torch.softmax(scores.double() / temperature, dim=-1)
+    scores = scores.double()
+    probs = torch.softmax(scores if temperature == 1 else scores / temperature, dim=-1)  # x / 1 is x
     if top_p < 1:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the first token always stays
@@ -147,11 +263,12 @@ def generate(
     stop_tensor = torch.tensor(stops, device=device)
     decoder = base_model(model).get_decoder()
     completions: list[list[int]] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), batch_invariant(model):
         for start in range(0, len(prompt_ids), batch_size):
             rows = prompt_ids[start : start + batch_size]
             uniforms = sample_uniforms(seeds[start : start + batch_size], max_new_tokens).to(device)
             cache, hidden, attention_mask, position = prefill(model, rows, pad_id)
+            reserve(cache, max_new_tokens)
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             picked, states = [], []
             for step in range(max_new_tokens):
@@ -195,8 +312,13 @@ def transformers_generate(
     temperature: float,
     top_p: float,
     batch_size: int,
+    invariant: bool = True,
 ) -> list[list[int]]:
-    """``generate``'s samples through transformers' ``generate``: the oracle it is tested against."""
+    """``generate``'s samples through transformers' ``generate``: the oracle it is tested against.
+
+    ``invariant=False`` leaves the model's own attention in place, as thumbs sampled before its
+    samples were made batch-invariant (``bench/eval.py``'s "before"): the same picks but for a
+    rounding that, now and then, sends a sample its own way."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(model.parameters()).device
@@ -224,7 +346,7 @@ def transformers_generate(
             attention_mask[row, width - len(ids) :] = 1
         uniforms = sample_uniforms(seeds[start : start + batch_size], max_new_tokens)
         sampler = InverseCDFSampler(uniforms, width, temperature, top_p)
-        with torch.inference_mode():
+        with torch.inference_mode(), batch_invariant(model) if invariant else contextlib.nullcontext():
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
