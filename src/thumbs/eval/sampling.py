@@ -14,14 +14,14 @@ position's logits are computed. It picks exactly the tokens ``generate`` with
 ``InverseCDFSampler`` picks (a test; ``bench/eval.py`` checks it on the default model too):
 finished rows are fed the pad token, positions follow the attention mask as ``generate``'s do.
 
-A sample's tokens do not depend on the batch it ran in, to the bit: PyTorch's CPU attention
-kernel rounds a row's result differently in batches of different sizes (with two threads, a
-batch of 16 and one of 64 gave 2 of 64 SmolLM2 samples a different late token), so while thumbs
-samples, a one-token step attends through plain matmuls instead (``decode_attention``), which
-give each row the same result in any batch. Prompts of one length, or a prompt repeated, sample
-the same in batches of any size; prompts of different lengths are left-padded to the longest in
-their batch, and the padding a batch needs can still move a rounding. The key/value cache is
-allocated once for the whole answer rather than concatenated a step at a time.
+On a CPU a sample's tokens do not depend on the batch it ran in, to the bit: PyTorch's CPU
+attention kernel rounds a row's result differently in batches of different sizes (with two
+threads, a batch of 16 and one of 64 gave 2 of 64 SmolLM2 samples a different late token), so
+while thumbs samples, a one-token step attends through plain matmuls instead
+(``decode_attention``), which give each row the same result in any batch. Prompts of one length,
+or a prompt repeated, sample the same in batches of any size; prompts of different lengths are
+left-padded to the longest in their batch, and the padding a batch needs can still move a
+rounding. The key/value cache is allocated once for the whole answer rather than concatenated a step at a time.
 """
 
 from __future__ import annotations
@@ -94,11 +94,15 @@ def _register_decode_attention() -> None:
 
 @contextlib.contextmanager
 def batch_invariant(model: Any) -> Iterator[None]:
-    """While sampling, a model that attends through SDPA attends through ``decode_attention``."""
+    """While sampling on a CPU, a model that attends through SDPA attends through ``decode_attention``.
+
+    Eager attention (Gemma 2's softcap) and flash kernels are left alone, and so is a GPU: there
+    the matmuls themselves pick kernels by shape, so rows need not round alike in batches of
+    different sizes whatever the attention does (measured on CPUs only).
+    """
     config = base_model(model).config
-    if (
-        getattr(config, "_attn_implementation", None) != "sdpa"
-    ):  # eager (Gemma 2's softcap), flash: left alone
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if not on_cpu or getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return
     _register_decode_attention()
