@@ -21,7 +21,8 @@ while thumbs samples, a one-token step attends through plain matmuls instead
 (``decode_attention``), which give each row the same result in any batch. Prompts of one length,
 or a prompt repeated, sample the same in batches of any size; prompts of different lengths are
 left-padded to the longest in their batch, and the padding a batch needs can still move a
-rounding. The key/value cache is allocated once for the whole answer rather than concatenated a step at a time.
+rounding. The key/value cache is allocated once for the whole answer rather than concatenated a
+step at a time.
 """
 
 from __future__ import annotations
