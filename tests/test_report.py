@@ -136,3 +136,21 @@ def test_a_policy_whose_answers_run_to_the_cap_is_flagged(tmp_path, stops, ref_s
     assert ("answers run to the 48-token cap" in reading) is flagged, reading
     if flagged:
         assert f"{stops:.0%} end before it, the reference's {ref_stops:.0%}" in reading
+
+
+def test_headline_kl_is_the_per_token_estimate_with_its_error_and_an_old_eval_says_per_sequence(tmp_path):
+    """The headline KL is the low-variance per-token estimate, ± its standard error; an eval.json
+    from before that estimate existed shows its per-sequence KL, marked as such."""
+    from thumbs.report.runs import Run, headline
+
+    ev = {
+        "win_rate": 0.6, "win_rate_ci": [0.45, 0.73], "n": 48,
+        "kl": {"mean": 15.418, "stderr": 1.055}, "kl_tokens": {"mean": 15.955, "stderr": 0.711},
+        "reward": {"policy": {"mean": 0.5}, "reference": {"mean": 0.4}},
+        "length": {"policy": 30.0, "reference": 27.0},
+    }  # fmt: skip
+    assert headline(Run("r", tmp_path, config={"method": "kto"}, eval=ev))["KL"] == "16 ± 0.71"
+    old = {k: v for k, v in ev.items() if k != "kl_tokens"}
+    assert (
+        headline(Run("r", tmp_path, config={"method": "kto"}, eval=old))["KL"] == "15.4 ± 1.1 (per sequence)"
+    )

@@ -49,7 +49,9 @@ COLUMN_NOTES = (
     "prompt and random stream (ties count half), with a 95% Wilson interval; above 0.5 with the whole interval "
     "above it means the judge prefers the policy. <b>reward</b>: the judge's mean score, and its change over the "
     "reference. <b>KL</b>: how far the policy moved from the reference, in nats per completion, from its own "
-    "samples. <b>length</b>: mean completion tokens, reference in brackets; a long drift is a known failure. "
+    "samples, ± its standard error: summed per token (both models' whole next-token distributions along each "
+    "sample), or marked <i>per sequence</i> where an older evaluation has only log π/π_ref of the samples. "
+    "<b>length</b>: mean completion tokens, reference in brackets; a long drift is a known failure. "
     "<b>held-out AUC</b>: how well the implicit reward β·log(π/π_ref) ranks thumbs-up above thumbs-down on "
     "feedback it did not train on (0.5 = chance)."
 )

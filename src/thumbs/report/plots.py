@@ -110,18 +110,21 @@ def training_curves(runs: list[Any]) -> str | None:
 
 def frontier(runs: list[Any]) -> str | None:
     """Judge reward against KL(π‖π_ref): each run beside its reference (KL 0). Up and left is better."""
+    from thumbs.report.runs import shown_kl
+
     evaluated = [(i, run) for i, run in enumerate(runs) if run.eval and run.eval.get("reward")]
     if not evaluated:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.5))
     for i, run in evaluated:
-        kl, reward = run.eval["kl"], run.eval["reward"]
-        x, y = kl["mean"], reward["policy"]["mean"]
+        x, x_se, _ = shown_kl(run.eval)
+        reward = run.eval["reward"]
+        y = reward["policy"]["mean"]
         ref_y = reward["reference"]["mean"]
         ax.plot([0, x], [ref_y, y], color=color(i), linewidth=1, alpha=0.5)
         ax.errorbar(
-            x, y, xerr=kl["stderr"] or 0, yerr=reward["policy"]["stderr"] or 0,
+            x, y, xerr=x_se or 0, yerr=reward["policy"]["stderr"] or 0,
             fmt="o", color=color(i), markersize=9, capsize=4, label=run.name, zorder=3,
         )  # fmt: skip
         ax.errorbar(

@@ -146,6 +146,20 @@ def config_differences(runs: list[Run]) -> dict[str, list]:
     return diffs
 
 
+def shown_kl(ev: dict) -> tuple[float, float | None, bool]:
+    """(mean, standard error, per token?) of the KL a report shows: the per-token estimate where
+    eval.json has it (the same quantity as the per-sequence log-ratio, with far less variance for
+    a policy close to its reference), else the per-sequence one, as older eval.json files hold."""
+    kl = ev.get("kl_tokens") or ev["kl"]
+    return kl["mean"], kl.get("stderr"), bool(ev.get("kl_tokens"))
+
+
+def kl_text(ev: dict) -> str:
+    mean, stderr, per_token = shown_kl(ev)
+    text = f"{mean:.3g}" + (f" ± {stderr:.2g}" if stderr is not None else "")
+    return text if per_token else f"{text} (per sequence)"
+
+
 def headline(run: Run) -> dict[str, str]:
     """The numbers a ship decision starts from, formatted; shared by the HTML and terminal tables."""
     config, ev = run.config, run.eval or {}
@@ -175,7 +189,7 @@ def headline(run: Run) -> dict[str, str]:
         {
             "win rate [95% CI]": f"{ev['win_rate']:.2f} [{low:.2f}, {high:.2f}]",
             "reward (Δ vs ref)": f"{policy:.3f} ({policy - reference:+.3f})" if reward else "–",
-            "KL": f"{ev['kl']['mean']:.3g}",
+            "KL": kl_text(ev),
             "length (ref)": f"{length:.1f} ({ref_length:.1f})",
             "held-out AUC": fmt(ev.get("heldout_auc")),
         }
