@@ -274,3 +274,21 @@ def test_cli_prints_the_counts_and_fails_when_a_source_fails(tmp_path):
     assert not (tmp_path / "o3").exists()
     going = runner.invoke(app, ["ingest", *both, "--keep-going"])
     assert going.exit_code == 0 and "not read" in going.output
+
+
+def test_cli_fails_when_no_row_read_became_an_event_and_keeps_every_row(tmp_path):
+    """Rows read, none kept (a wrong mapping, a binary file): the folder is written with every row
+    quarantined, but the exit code says there is nothing to train on; rows beside an earlier
+    ingest's events are a normal run."""
+    rows = [json.dumps({"question": f"q{i}", "answer": f"a{i}", "thumb": "up"}) for i in range(3)]
+    log = write_lines(tmp_path / "wrong.jsonl", rows)
+    runner = CliRunner(env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["ingest", str(log), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "none of the 3 rows read became an event" in result.output and "--map" in result.output
+    assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 3
+    mapped = runner.invoke(
+        app, ["ingest", str(log), "--out", str(tmp_path / "ok"), "--map", "prompt=question", "--map",
+              "completion=answer", "--map", "label=thumb"],
+    )  # fmt: skip
+    assert mapped.exit_code == 0 and "3 events" in mapped.output, mapped.output

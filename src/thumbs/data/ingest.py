@@ -386,3 +386,10 @@ def ingest_command(
     started = time.perf_counter()
     manifest = ingest(sources or [], out, keep_going=keep_going, **options, max_row_bytes=max_row_bytes)
     print_summary(manifest, out, time.perf_counter() - started)
+    read = sum(entry["rows_in"] for entry in manifest["sources"])
+    if read and not manifest["events"]:  # written, nothing lost, but nothing to train on: not a success
+        raise ThumbsError(
+            f"none of the {read:,} rows read became an event; {Path(out) / 'quarantine.jsonl'} holds each "
+            "with its reason",
+            hint="map fields with --map FIELD=COLUMN (or pick --shape / --format); `thumbs ingest --help` lists them",
+        )
