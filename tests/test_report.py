@@ -154,3 +154,35 @@ def test_headline_kl_is_the_per_token_estimate_with_its_error_and_an_old_eval_sa
     assert (
         headline(Run("r", tmp_path, config={"method": "kto"}, eval=old))["KL"] == "15.4 ± 1.1 (per sequence)"
     )
+
+
+@pytest.mark.parametrize(
+    "name, text, says",
+    [
+        ("eval.json", "{bad", "eval.json does not parse"),
+        ("eval.json", '{"n": 3}', "win_rate is not a number"),
+        (
+            "eval.json",
+            '{"n": 3, "win_rate": 0.5, "win_rate_ci": [0.2, NaN]}',
+            "win_rate_ci is not two numbers",
+        ),
+        ("config.yaml", "method: kto\n  bad: [\n", "config.yaml does not parse"),
+    ],
+)
+def test_a_damaged_run_file_stops_compare_with_its_name_not_a_traceback(tmp_path, name, text, says):
+    """A damaged eval.json was shown as "not evaluated" (exit 0) or ended in a KeyError; a damaged
+    config.yaml was read as no settings at all."""
+    from typer.testing import CliRunner
+
+    from thumbs.cli import app
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: kto\n")
+    (run / name).write_text(text)
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(
+        app, ["compare", str(run), "--out", str(tmp_path / "x.html")]
+    )
+    assert result.exit_code == 2, result.output
+    assert says in result.output and name in result.output
+    assert not (tmp_path / "x.html").exists()

@@ -8,6 +8,7 @@ it has. ``headline`` is the row a ship decision starts from, shared by the HTML 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,55 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _eval_problem(ev: Any) -> str | None:
+    """What an eval.json lacks of the numbers a report shows; None when it has them all."""
+    if not isinstance(ev, dict):
+        return "not a JSON object"
+    if not isinstance(ev.get("n"), int) or ev["n"] < 1:
+        return "n is not a positive count"
+    if not _number(ev.get("win_rate")):
+        return "win_rate is not a number"
+    ci = ev.get("win_rate_ci")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(map(_number, ci))):
+        return "win_rate_ci is not two numbers"
+    for key in ("kl", "kl_tokens"):
+        kl = ev.get(key)
+        if (kl is not None or key == "kl") and not (isinstance(kl, dict) and _number(kl.get("mean"))):
+            return f"{key}.mean is not a number"
+    length = ev.get("length")
+    if not (isinstance(length, dict) and _number(length.get("policy")) and _number(length.get("reference"))):
+        return "length.policy / length.reference are not numbers"
+    reward = ev.get("reward")
+    if reward is not None and not all(
+        isinstance(reward, dict) and isinstance(reward.get(side), dict) and _number(reward[side].get("mean"))
+        for side in ("policy", "reference")
+    ):
+        return "reward.policy.mean / reward.reference.mean are not numbers"
+    return None
+
+
+def _checked_eval(path: Path) -> dict | None:
+    """A run's eval.json as a report reads it, None when it has none. One that does not parse, or
+    lacks a number the report shows, stops the report: shown as "not evaluated" it would hide a
+    damaged file, and read as it is it would end in a traceback."""
+    file = path / "eval.json"
+    if not file.exists():
+        return None
+    hint = f"run `thumbs eval {path}` again: it writes eval.json afresh"
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ThumbsError(f"eval.json does not parse: {err}", file=str(file), hint=hint) from None
+    problem = _eval_problem(value)
+    if problem:
+        raise ThumbsError(f"eval.json is not a whole thumbs evaluation: {problem}", file=str(file), hint=hint)
+    return value
 
 
 def _data_dirs(path: Path, config: dict) -> list[Path]:
@@ -73,8 +123,14 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     if (path / "config.yaml").exists():
         try:
             run.config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except yaml.YAMLError:
-            run.config = {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ThumbsError(
+                f"config.yaml does not parse: {str(err).splitlines()[0]}",
+                file=str(path / "config.yaml"),
+                hint="thumbs train writes it; restore it from the run's own copy or train again",
+            ) from None
+        if not isinstance(run.config, dict):
+            raise ThumbsError("config.yaml is not a mapping of settings", file=str(path / "config.yaml"))
     if (path / "metrics.jsonl").exists():
         for line in (path / "metrics.jsonl").read_text().splitlines():
             try:
@@ -83,7 +139,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
                 continue  # a line cut short by a crash
             if isinstance(record, dict):
                 run.metrics.append(record)
-    run.eval = _read_json(path / "eval.json")
+    run.eval = _checked_eval(path)
     for folder in _data_dirs(path, run.config):
         for filename in DATA_FILES:
             file = (folder / filename).resolve()
