@@ -13,6 +13,7 @@ the ground-truth judge on held-out prompts.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -29,6 +30,68 @@ TOPICS = [
     "a courtroom drama", "a nature documentary", "a zombie comedy", "a historical epic", "a spy thriller",
     "a disaster film", "a road movie", "a fantasy adventure",
 ]  # fmt: skip
+
+
+def remedy_versus(run_a: Path, run_b: Path, size) -> str:
+    """``run_a`` against ``run_b`` head to head under VADER (reused when its file has the same n,
+    length and judge), read by ``versus_reading`` with each run's KL from its eval.json."""
+    from thumbs.eval.versus import head_to_head
+
+    path = run_a / f"versus-{run_b.name}.json"
+    result = None
+    if path.exists():
+        saved = json.loads(path.read_text())
+        same = saved.get("n") == size.eval_n and saved.get("judge") == "vader"
+        result = (
+            saved
+            if same and (saved.get("sampling") or {}).get("max_new_tokens") == size.max_new_tokens
+            else None
+        )
+    if result is None:
+        print(f"thumbs: {run_a.name} against {run_b.name}")
+        result = head_to_head(
+            run_a, run_b, judge="vader", n=size.eval_n, max_new_tokens=size.max_new_tokens, out=path
+        )
+    kl = [json.loads((run / "eval.json").read_text()).get("kl_tokens") for run in (run_a, run_b)]
+    return versus_reading(run_a.name, run_b.name, result, *kl)
+
+
+def versus_reading(name_a: str, name_b: str, result: dict, kl_a: dict | None, kl_b: dict | None) -> str:
+    """One sentence from a head-to-head and both runs' KL (mean, stderr) to their common start.
+
+    A reward difference whose paired 95% interval clears 0 ranks the two only where it does not
+    come with more KL: at KL that cannot be told apart (95%), or with less KL — then the one ahead
+    dominates (better at any price of KL). More reward bought with more KL is a trade, not a win.
+    Otherwise: cannot tell apart at this n, with the n that would probably tell."""
+    from thumbs.eval.metrics import Z95
+    from thumbs.study.verdict import samples_needed
+
+    n, diff = result["n"], result.get("reward_diff") or {}
+    low, high = diff.get("ci") or (None, None)
+    if low is None or not kl_a or not kl_b:
+        rate_low, rate_high = result["win_rate_ci"]
+        return (f"{name_a} against {name_b}: win rate {result['win_rate']:.2f} [{rate_low:.2f}, {rate_high:.2f}] "
+                f"(n={n}); no paired reward difference or KL to read it by")  # fmt: skip
+    (ka, sa), (kb, sb) = ((k["mean"], k.get("stderr") or 0.0) for k in (kl_a, kl_b))
+    kl_apart = abs(ka - kb) > Z95 * math.hypot(sa, sb)
+    kl_text = f"KL: {name_a} {ka:.3g} ± {sa:.2g}, {name_b} {kb:.3g} ± {sb:.2g}"
+    delta = f"reward {name_a} − {name_b} {diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}], paired 95%"
+    ranked = f"n={n}; {delta}; {kl_text}"
+    if low > 0 or high < 0:
+        ahead, behind = (name_a, name_b) if low > 0 else (name_b, name_a)
+        ahead_kl = ka if low > 0 else kb
+        behind_kl = kb if low > 0 else ka
+        if not kl_apart:
+            return f"{ahead} ahead of {behind} at KL that cannot be told apart ({ranked})"
+        if ahead_kl < behind_kl:
+            return f"{ahead} dominates {behind}: more reward at less KL ({ranked})"
+        return f"{ahead} has more reward than {behind} but at more KL: a trade, not ranked ({ranked})"
+    needed = samples_needed(n, diff["mean"], diff.get("stderr") or 0.0, Z95)
+    more = f"; about {needed:,} samples per model would probably tell" if needed and needed > n else ""
+    kl_note = (
+        f"; {name_a} at {'lower' if ka < kb else 'higher'} KL ({kl_text[4:]})" if kl_apart else f"; {kl_text}"
+    )
+    return f"{name_a} and {name_b} cannot be told apart at n={n}: {delta}{kl_note}{more}"
 
 
 def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model: str = "default") -> Path:
@@ -84,6 +147,12 @@ def run_production(out: Path = Path("runs/demo"), *, quick: bool = False, model:
     for run_dir in runs:
         evaluate_or_reuse(run_dir, size)
     path = compare(runs, out / "report.html", show=True)
+
+    stage(7, "Each remedy against the run as logged, head to head (same prompts and random streams)")
+    readings = [remedy_versus(run_dir, runs[0], size) for run_dir in runs[1:]]
+    for text in readings:
+        print(f"  {text}")
+    write_text(out / "versus.txt", "\n".join(readings) + "\n")
     print(
         f"\nthumbs: production scenario finished in {(time.perf_counter() - started) / 60:.1f} min. Report: {path.resolve()}"
     )
