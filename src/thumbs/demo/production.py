@@ -33,27 +33,18 @@ TOPICS = [
 
 
 def remedy_versus(run_a: Path, run_b: Path, size) -> str:
-    """``run_a`` against ``run_b`` head to head under VADER (reused when its file has the same n,
-    length and judge), read by ``versus_reading`` with each run's KL from its eval.json."""
-    from thumbs.eval.versus import head_to_head
+    """``run_a`` against ``run_b`` head to head under VADER (reused when saved with the same
+    settings), read by ``versus_reading`` with each run's KL as the head-to-head read it."""
+    from thumbs.eval.versus import head_to_head, saved_versus
 
     path = run_a / f"versus-{run_b.name}.json"
-    result = None
-    if path.exists():
-        saved = json.loads(path.read_text())
-        same = saved.get("n") == size.eval_n and saved.get("judge") == "vader"
-        result = (
-            saved
-            if same and (saved.get("sampling") or {}).get("max_new_tokens") == size.max_new_tokens
-            else None
-        )
+    settings = dict(n=size.eval_n, max_new_tokens=size.max_new_tokens)
+    result = saved_versus(path, "vader", **settings)
     if result is None:
         print(f"thumbs: {run_a.name} against {run_b.name}")
-        result = head_to_head(
-            run_a, run_b, judge="vader", n=size.eval_n, max_new_tokens=size.max_new_tokens, out=path
-        )
-    kl = [json.loads((run / "eval.json").read_text()).get("kl_tokens") for run in (run_a, run_b)]
-    return versus_reading(run_a.name, run_b.name, result, *kl)
+        result = head_to_head(run_a, run_b, judge="vader", out=path, **settings)
+    kl = result.get("kl_tokens") or {}
+    return versus_reading(run_a.name, run_b.name, result, kl.get("a"), kl.get("b"))
 
 
 def versus_reading(name_a: str, name_b: str, result: dict, kl_a: dict | None, kl_b: dict | None) -> str:
@@ -74,7 +65,8 @@ def versus_reading(name_a: str, name_b: str, result: dict, kl_a: dict | None, kl
                 f"(n={n}); no paired reward difference or KL to read it by")  # fmt: skip
     (ka, sa), (kb, sb) = ((k["mean"], k.get("stderr") or 0.0) for k in (kl_a, kl_b))
     kl_apart = abs(ka - kb) > Z95 * math.hypot(sa, sb)
-    kl_text = f"KL: {name_a} {ka:.3g} ± {sa:.2g}, {name_b} {kb:.3g} ± {sb:.2g}"
+    both = f"{name_a} {ka:.3g} ± {sa:.2g}, {name_b} {kb:.3g} ± {sb:.2g}"
+    kl_text = f"KL: {both}"
     delta = f"reward {name_a} − {name_b} {diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}], paired 95%"
     ranked = f"n={n}; {delta}; {kl_text}"
     if low > 0 or high < 0:
@@ -88,9 +80,7 @@ def versus_reading(name_a: str, name_b: str, result: dict, kl_a: dict | None, kl
         return f"{ahead} has more reward than {behind} but at more KL: a trade, not ranked ({ranked})"
     needed = samples_needed(n, diff["mean"], diff.get("stderr") or 0.0, Z95)
     more = f"; about {needed:,} samples per model would probably tell" if needed and needed > n else ""
-    kl_note = (
-        f"; {name_a} at {'lower' if ka < kb else 'higher'} KL ({kl_text[4:]})" if kl_apart else f"; {kl_text}"
-    )
+    kl_note = f"; {name_a} at {'lower' if ka < kb else 'higher'} KL ({both})" if kl_apart else f"; {kl_text}"
     return f"{name_a} and {name_b} cannot be told apart at n={n}: {delta}{kl_note}{more}"
 
 

@@ -38,6 +38,22 @@ def _eval_kl(run_dir: Path | None) -> dict | None:
         return None
 
 
+SETTINGS = ("n", "seed", "max_new_tokens", "temperature", "top_p")
+
+
+def saved_versus(path: Path, judge: str, **settings: Any) -> dict | None:
+    """The head-to-head saved at ``path`` when it was made under ``judge`` with these ``settings``
+    (any of ``SETTINGS``); None when there is none, it does not parse, or it was made otherwise."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("judge") != judge:
+        return None
+    made = {"n": saved.get("n"), **(saved.get("sampling") or {})}
+    return saved if all(made.get(k) == v for k, v in settings.items()) else None
+
+
 def head_to_head(
     run_a: str | Path,
     run_b: str | Path,

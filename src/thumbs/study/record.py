@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from thumbs.report.runs import shown_kl
 from thumbs.study.spec import Cell, StudySpec, grad_sequences
 from thumbs.study.verdict import Point, compare, line
 
@@ -75,7 +76,7 @@ def eval_record(ev: dict) -> dict:
         low, high = ev["win_rate_ci"]
         policy = {"mean": ev["win_rate"], "stderr": (high - low) / (2 * Z95)}
         reference, axis = {"mean": 0.5, "stderr": 0.0}, "win rate over the reference"
-    kl = ev.get("kl_tokens") or ev["kl"]
+    kl_mean, kl_stderr, per_token = shown_kl(ev)
     diff = ev.get("reward_diff")
     if not diff:
         se = math.hypot(policy.get("stderr") or 0.0, reference.get("stderr") or 0.0)
@@ -84,11 +85,7 @@ def eval_record(ev: dict) -> dict:
     return {
         "n": ev["n"],
         "judge": ev.get("judge"),
-        "kl": {
-            "mean": kl["mean"],
-            "stderr": kl.get("stderr"),
-            "estimate": "kl_tokens" if ev.get("kl_tokens") else "kl",
-        },
+        "kl": {"mean": kl_mean, "stderr": kl_stderr, "estimate": "kl_tokens" if per_token else "kl"},
         "reward": policy,
         "axis": axis,
         "reference_reward": reference,

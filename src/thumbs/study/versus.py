@@ -9,10 +9,7 @@ why). Results are ``versus/A--B.json``, reused when their settings match.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-VERSUS_KEYS = ("n", "seed", "max_new_tokens", "temperature", "top_p")
 
 
 def best_matched_pair(a: list[dict], b: list[dict], kl_match: float) -> tuple[dict, dict] | None:
@@ -29,20 +26,9 @@ def best_matched_pair(a: list[dict], b: list[dict], kl_match: float) -> tuple[di
     return x, y
 
 
-def _matches(spec, path: Path) -> bool:
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    sampling = {"n": saved.get("n"), **(saved.get("sampling") or {})}
-    return saved.get("judge") == spec.eval.judge and all(
-        sampling.get(k) == getattr(spec.eval, k) for k in VERSUS_KEYS
-    )
-
-
 def head_to_heads(spec, records: list[dict], comparisons: list[dict], out: Path, say=print) -> list[dict]:
     """One head-to-head per method comparison (A's best cell against B's at matched KL), as records."""
-    from thumbs.eval.versus import head_to_head
+    from thumbs.eval.versus import SETTINGS, head_to_head, saved_versus
 
     done = [r for r in records if r["status"] == "done" and r["result"]]
     results = []
@@ -57,9 +43,8 @@ def head_to_heads(spec, records: list[dict], comparisons: list[dict], out: Path,
             continue
         x, y = pair
         path = out / "versus" / f"{x['name']}--{y['name']}.json"
-        if _matches(spec, path):
-            result = json.loads(path.read_text())
-        else:
+        result = saved_versus(path, spec.eval.judge, **{k: getattr(spec.eval, k) for k in SETTINGS})
+        if result is None:
             say(f"thumbs study: {x['name']} against {y['name']}, head to head")
             e = spec.eval
             try:
