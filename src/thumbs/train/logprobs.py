@@ -71,6 +71,8 @@ def completion_logps(
     num_segments: int | None = None,
     row_lengths: list[int] | None = None,
     source_ids: torch.Tensor | None = None,
+    prefix=None,
+    first_row: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of completion-token log-probs per sequence [B] (float32) and completion token counts [B].
 
@@ -83,6 +85,8 @@ def completion_logps(
     a matmul on their own: under ``PER_ROW_MIN_WIDTH`` positions they stay one batched call, as on a GPU.
     With ``source_ids`` (``pack_shared``'s rows, where completions follow a shared prompt), token t
     is predicted from position ``source_ids[b, t]`` instead of t-1.
+    ``prefix`` (``thumbs.train.prefix``): a ``Record`` keeps the prompts a KL pass will continue, a
+    ``Continuation`` runs that pass (rows numbered from ``first_row``).
     """
     if row_lengths is not None and input_ids.device.type == "cpu" and input_ids.shape[1] >= PER_ROW_MIN_WIDTH:
         sums = tokens = 0
@@ -97,6 +101,8 @@ def completion_logps(
                 segment_ids[r : r + 1, :width],
                 num_segments,
                 source_ids=None if source_ids is None else source_ids[r : r + 1, :width],
+                prefix=prefix,
+                first_row=first_row + r,
             )
             sums, tokens = sums + s, tokens + t
         return sums, tokens
@@ -106,11 +112,20 @@ def completion_logps(
         kwargs["attention_mask"] = _for_attention(base, attention_mask)
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
-    hidden = base.get_decoder()(**kwargs).last_hidden_state
+    if prefix is None:
+        hidden = base.get_decoder()(**kwargs).last_hidden_state
+    else:
+        here = list(range(first_row, first_row + input_ids.shape[0]))
+        with prefix.serving(model, here):
+            hidden = base.get_decoder()(**kwargs).last_hidden_state
+        prefix.after(hidden, here)
     if source_ids is not None:  # each completion token from the position ``source_ids`` names
         row, col = (completion_mask & (source_ids >= 0)).nonzero(as_tuple=True)
         selected, targets = hidden[row, source_ids[row, col]], input_ids[row, col]
         rows, count = segment_ids[row, col], num_segments
+        first = prefix.predicted(here, input_ids, hidden) if prefix is not None else None
+        if first is not None:  # continued sequences' first tokens, from their recorded prompts
+            selected, targets, rows = (torch.cat(pair) for pair in zip((selected, targets, rows), first))
     else:  # each from the position before it
         predict = completion_mask[:, 1:]
         selected, targets = hidden[:, :-1][predict], input_ids[:, 1:][predict]

@@ -272,10 +272,15 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
     for a, index in enumerate(microbatches):
         label = run.items.label[index].to(accelerator.device)
         weight = run.items.weight[index].to(accelerator.device)
-        with torch.no_grad():
-            policy, _, _ = forward(run, method.nograd_roles, index)
+        continued = _continued(run, index)  # the no-grad sequences that continue grad-pass prompts
+        if not continued:
+            with torch.no_grad():
+                policy, _, _ = forward(run, method.nograd_roles, index)
         with accelerator.no_sync(run.wrapped) if a < last else _null(), accelerator.autocast():
-            with_grad, tokens, real_tokens = forward(run, method.grad_roles, index)
+            with_grad, tokens, real_tokens = forward(run, method.grad_roles, index, continued)
+            if continued:  # after the grad pass, which has recorded the prompts they continue
+                with torch.no_grad():
+                    policy = continue_forward(run, method.nograd_roles, index, continued)
             policy.update(with_grad)
             ref = {r: run.ref[r][index].to(accelerator.device) for r in method.ref_roles}
             losses, metrics = method.loss(policy, tokens, ref, label, cfg, _all_reduce(world), run.state)
@@ -306,8 +311,10 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
     return None
 
 
-def forward(run: Run, roles: tuple[str, ...], index: list[int]):
-    """Log-probs and completion token counts of ``roles``' sequences for ``index``, in one call."""
+def forward(run: Run, roles: tuple[str, ...], index: list[int], continued: dict | None = None):
+    """Log-probs and completion token counts of ``roles``' sequences for ``index``, in one call.
+
+    With ``continued`` (``_continued``'s), the pass also records the prompts it names."""
     import torch
 
     from thumbs.tokenize import collate, pack_shared
@@ -316,6 +323,9 @@ def forward(run: Run, roles: tuple[str, ...], index: list[int]):
         return {}, {}, 0
     seqs = [run.items.seqs[role][i] for role in roles for i in index]
     batch = (pack_shared if run.cfg.train.packing else collate)(seqs, run.tokenizer.pad_token_id)
+    if continued:
+        continued["record"].locate(batch)
+        batch["prefix"] = continued["record"]
     batch = {k: v.to(run.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     logps, tokens = run.wrapped(**batch)
     n = len(index)
@@ -324,6 +334,57 @@ def forward(run: Run, roles: tuple[str, ...], index: list[int]):
         {r: tokens[j * n : (j + 1) * n] for j, r in enumerate(roles)},
         sum(len(ids) for ids, _ in seqs),
     )
+
+
+def _continued(run: Run, index: list[int]) -> dict | None:
+    """For a method whose no-grad sequences share their prompt with a grad sequence (KTO's KL
+    sequences), which of them the no-grad pass can continue from the grad pass's prompts
+    (``thumbs.train.prefix``): {"lengths": {role: [tokens shared, per example]}, "record": Record};
+    None where none can (packing off, attention that is not plain SDPA, no shared prompt)."""
+    from thumbs.train import prefix
+
+    method = run.method
+    if not method.continues or not run.cfg.train.packing or not prefix.supported(run.model):
+        return None
+    seqs, n = run.items.seqs, len(index)
+    lengths, want = {}, {}
+    for role, onto in method.continues.items():
+        at = method.grad_roles.index(onto) * n  # where ``onto``'s sequences sit in the grad pass
+        lengths[role] = [prefix.shared_length(seqs[role][i], seqs[onto][i]) for i in index]
+        for k, length in enumerate(lengths[role]):
+            if length:
+                want[at + k] = max(want.get(at + k, 0), length)
+    if not want:
+        return None
+    return {"lengths": lengths, "onto": method.continues, "record": prefix.Record(want)}
+
+
+def continue_forward(run: Run, roles: tuple[str, ...], index: list[int], continued: dict) -> dict:
+    """``forward``'s log-probs for no-grad ``roles``, each sequence run from where the prompt the
+    grad pass recorded ends (the whole sequence where none was recorded for it)."""
+    import torch
+
+    from thumbs.train import prefix
+
+    record, n = continued["record"], len(index)
+    seqs, lengths, source = [], [], {}
+    for role in roles:
+        onto = continued["onto"].get(role)
+        for k, i in enumerate(index):
+            at = len(seqs)
+            seqs.append(run.items.seqs[role][i])
+            grad_at = run.method.grad_roles.index(onto) * n + k if onto else None
+            length = continued["lengths"][role][k] if onto else 0
+            if length and grad_at in record.spans and record.spans[grad_at][2] >= length:
+                source[at] = grad_at
+                lengths.append(length)
+            else:
+                lengths.append(0)
+    batch = prefix.continuation_batch(seqs, lengths, run.tokenizer.pad_token_id)
+    batch["prefix"] = prefix.Continuation(record, batch, source, dict(enumerate(lengths)))
+    batch = {k: v.to(run.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    logps, _ = run.wrapped(**batch)
+    return {r: logps[j * n : (j + 1) * n] for j, r in enumerate(roles)}
 
 
 def _all_reduce(world: int):

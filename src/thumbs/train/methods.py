@@ -57,6 +57,8 @@ class Method:
     # loss(policy, tokens, ref, label, cfg, all_reduce, state) -> (losses [B], metric sums)
     loss: Callable
     state: Callable | None = None  # makes the run's method state (state_dict/load_state_dict), if any
+    # nograd role -> the grad role whose prompt it shares: its pass continues the grad pass's prompts
+    continues: dict[str, str] = field(default_factory=dict)
 
 
 class RewardShift:
@@ -189,7 +191,12 @@ def _sft_loss(policy, tokens, ref, label, cfg, all_reduce, state):
 
 METHODS = {
     "kto": Method(
-        "kto", grad_roles=("target",), nograd_roles=("kl",), ref_roles=("target", "kl"), loss=_kto_loss
+        "kto",
+        grad_roles=("target",),
+        nograd_roles=("kl",),
+        ref_roles=("target", "kl"),
+        loss=_kto_loss,
+        continues={"kl": "target"},
     ),
     "dpo": Method(
         "dpo",
