@@ -24,10 +24,14 @@ What is held equal, and how:
 Measured, per tool:
 - tokens/s: prompt + completion tokens of the real (non-padding) sequences that get gradients
   (KTO: the example; DPO: chosen and rejected), per optimizer step, over the wall time between
-  consecutive optimizer steps; the median over the steps after the first (warm-up).
+  consecutive optimizer steps; the median over the steps after the first (warm-up). The tokens are
+  the job's, the same for both tools: as TRL's decoder sees them, every sequence whole. (thumbs
+  computes a prompt that DPO's chosen and rejected share once, and KTO's KL sequences continue the
+  examples' prompts, so its decoder sees fewer tokens for the same steps; those counts are printed
+  as ``computed_tokens_per_step``.) So the speedup is the ratio of the two tools' step times.
 - peak memory: VmHWM of the tool's process.
 - MFU: model FLOPs per step / step time / the fp32 matmul throughput the same process measures.
-  Model FLOPs = 6·N·(trained tokens) + 2·N·(no-grad tokens: KTO's KL pass), N = all parameters
+  Model FLOPs = 6·N·(trained tokens) + 2·N·(no-grad tokens: KTO's KL pass, whole), N = all parameters
   (the tied embedding counted once, as the LM head); attention's T² term is left out. The same
   formula for both tools, so MFU(thumbs)/MFU(TRL) is the speedup over the matmul peak ratio.
 - same_loss: the logged loss of step 1 and of step 2 agree to 1e-4 (relative). At step 1 the
@@ -401,11 +405,16 @@ def worker(tool: str, spec_path: Path) -> None:
 # ---- the comparison ------------------------------------------------------------------------------
 
 
-def summarise(result: dict, n_params: int) -> dict:
+def summarise(result: dict, n_params: int, job: list[dict]) -> dict:
+    """One tool's figures; ``job``: per timed step, the tokens the step's work is counted as
+    (``grad_tokens``, ``nograd_tokens``), the same for both tools."""
     steps = result["steps"]  # the first optimizer step (warm-up) has no start stamp: already left out
-    tps = statistics.median(s["grad_tokens"] / s["seconds"] for s in steps)
+    if len(steps) != len(job):
+        raise SystemExit(f"bench: {result['tool']} timed {len(steps)} steps, the job has {len(job)}")
+    tps = statistics.median(w["grad_tokens"] / s["seconds"] for s, w in zip(steps, job))
     flops = statistics.median(
-        (6 * n_params * s["grad_tokens"] + 2 * n_params * s["nograd_tokens"]) / s["seconds"] for s in steps
+        (6 * n_params * w["grad_tokens"] + 2 * n_params * w["nograd_tokens"]) / s["seconds"]
+        for s, w in zip(steps, job)
     )
     return {
         "tokens_per_s": tps,
@@ -415,7 +424,11 @@ def summarise(result: dict, n_params: int) -> dict:
         "peak_rss_mib": result["peak_rss_mib"],
         "losses": result["losses"],
         "timed_steps": len(steps),
-        "tokens_per_step": statistics.median(s["grad_tokens"] for s in steps),
+        "tokens_per_step": statistics.median(w["grad_tokens"] for w in job),
+        "computed_tokens_per_step": {
+            "grad": statistics.median(s["grad_tokens"] for s in steps),
+            "nograd": statistics.median(s["nograd_tokens"] for s in steps),
+        },
     }
 
 
@@ -498,8 +511,10 @@ def main() -> None:
                     k: preset[k] for k in ("batch_size", "grad_accum", "steps", "max_length", "learning_rate")
                 },
             }
-            result = {tool: summarise(launch(tool, spec, work, log), n_params) for tool in ("thumbs", "trl")}
-            ours, theirs = result["thumbs"], result["trl"]
+            runs = {tool: launch(tool, spec, work, log) for tool in ("thumbs", "trl")}
+            # TRL computes every sequence whole: its decoder's tokens are the job's
+            job = runs["trl"]["steps"]
+            ours, theirs = (summarise(runs[tool], n_params, job) for tool in ("thumbs", "trl"))
             first = [ours["losses"][0], theirs["losses"][0]]
             second = [ours["losses"][1], theirs["losses"][1]]
             out[method] = {
@@ -514,6 +529,10 @@ def main() -> None:
                 "matmul_gflops": {"thumbs": ours["matmul_gflops"], "trl": theirs["matmul_gflops"]},
                 "timed_steps": ours["timed_steps"],
                 "tokens_per_step": ours["tokens_per_step"],
+                "computed_tokens_per_step": {
+                    "thumbs": ours["computed_tokens_per_step"],
+                    "trl": theirs["computed_tokens_per_step"],
+                },
             }
     meta = {
         "mode": "quick" if args.quick else "full",
