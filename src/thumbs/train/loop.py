@@ -2,8 +2,8 @@
 
 A method (``thumbs.train.methods``) says which sequences an example needs and how its loss reads
 their log-probs; everything else is here and shared. What comes before the first step lives in
-``thumbs.train.setup``, the microbatch order in ``batches``, the log records in ``metrics``,
-checkpoints in ``checkpoint``.
+``thumbs.train.setup``, a step's forward passes in ``passes``, the microbatch order in
+``batches``, the log records in ``metrics``, checkpoints in ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -265,6 +265,8 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
     """
     import torch
 
+    from thumbs.train.passes import continue_forward, continued_for, forward
+
     cfg, accelerator, method = run.cfg, run.accelerator, run.method
     world, last = accelerator.num_processes, len(microbatches) - 1
     examples = cfg.train.batch_size * world * len(microbatches)  # the accumulated global batch
@@ -272,7 +274,7 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
     for a, index in enumerate(microbatches):
         label = run.items.label[index].to(accelerator.device)
         weight = run.items.weight[index].to(accelerator.device)
-        continued = _continued(run, index)  # the no-grad sequences that continue grad-pass prompts
+        continued = continued_for(run, index)  # the no-grad sequences that continue grad-pass prompts
         if not continued:
             with torch.no_grad():
                 policy, _, _ = forward(run, method.nograd_roles, index)
@@ -309,82 +311,6 @@ def train_step(run: Run, microbatches: list[list[int]], tally) -> str | None:
     run.optimizer.zero_grad(set_to_none=True)
     tally.step(norm)
     return None
-
-
-def forward(run: Run, roles: tuple[str, ...], index: list[int], continued: dict | None = None):
-    """Log-probs and completion token counts of ``roles``' sequences for ``index``, in one call.
-
-    With ``continued`` (``_continued``'s), the pass also records the prompts it names."""
-    import torch
-
-    from thumbs.tokenize import collate, pack_shared
-
-    if not roles:
-        return {}, {}, 0
-    seqs = [run.items.seqs[role][i] for role in roles for i in index]
-    batch = (pack_shared if run.cfg.train.packing else collate)(seqs, run.tokenizer.pad_token_id)
-    if continued:
-        continued["record"].locate(batch)
-        batch["prefix"] = continued["record"]
-    batch = {k: v.to(run.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    logps, tokens = run.wrapped(**batch)
-    n = len(index)
-    return (
-        {r: logps[j * n : (j + 1) * n] for j, r in enumerate(roles)},
-        {r: tokens[j * n : (j + 1) * n] for j, r in enumerate(roles)},
-        sum(len(ids) for ids, _ in seqs),
-    )
-
-
-def _continued(run: Run, index: list[int]) -> dict | None:
-    """For a method whose no-grad sequences share their prompt with a grad sequence (KTO's KL
-    sequences), which of them the no-grad pass can continue from the grad pass's prompts
-    (``thumbs.train.prefix``): {"lengths": {role: [tokens shared, per example]}, "record": Record};
-    None where none can (packing off, attention that is not plain SDPA, no shared prompt)."""
-    from thumbs.train import prefix
-
-    method = run.method
-    if not method.continues or not run.cfg.train.packing or not prefix.supported(run.model):
-        return None
-    seqs, n = run.items.seqs, len(index)
-    lengths, want = {}, {}
-    for role, onto in method.continues.items():
-        at = method.grad_roles.index(onto) * n  # where ``onto``'s sequences sit in the grad pass
-        lengths[role] = [prefix.shared_length(seqs[role][i], seqs[onto][i]) for i in index]
-        for k, length in enumerate(lengths[role]):
-            if length:
-                want[at + k] = max(want.get(at + k, 0), length)
-    if not want:
-        return None
-    return {"lengths": lengths, "onto": method.continues, "record": prefix.Record(want)}
-
-
-def continue_forward(run: Run, roles: tuple[str, ...], index: list[int], continued: dict) -> dict:
-    """``forward``'s log-probs for no-grad ``roles``, each sequence run from where the prompt the
-    grad pass recorded ends (the whole sequence where none was recorded for it)."""
-    import torch
-
-    from thumbs.train import prefix
-
-    record, n = continued["record"], len(index)
-    seqs, lengths, source = [], [], {}
-    for role in roles:
-        onto = continued["onto"].get(role)
-        for k, i in enumerate(index):
-            at = len(seqs)
-            seqs.append(run.items.seqs[role][i])
-            grad_at = run.method.grad_roles.index(onto) * n + k if onto else None
-            length = continued["lengths"][role][k] if onto else 0
-            if length and grad_at in record.spans and record.spans[grad_at][2] >= length:
-                source[at] = grad_at
-                lengths.append(length)
-            else:
-                lengths.append(0)
-    batch = prefix.continuation_batch(seqs, lengths, run.tokenizer.pad_token_id)
-    batch["prefix"] = prefix.Continuation(record, batch, source, dict(enumerate(lengths)))
-    batch = {k: v.to(run.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    logps, _ = run.wrapped(**batch)
-    return {r: logps[j * n : (j + 1) * n] for j, r in enumerate(roles)}
 
 
 def _all_reduce(world: int):
