@@ -53,7 +53,7 @@ def continued_for(run: Run, index: list[int]) -> dict | None:
                 want[at + k] = max(want.get(at + k, 0), length)
     if not want:
         return None
-    return {"lengths": lengths, "onto": method.continues, "record": prefix.Record(want)}
+    return {"lengths": lengths, "record": prefix.Record(want)}
 
 
 def continue_forward(run: Run, roles: tuple[str, ...], index: list[int], continued: dict) -> dict:
@@ -66,7 +66,7 @@ def continue_forward(run: Run, roles: tuple[str, ...], index: list[int], continu
     record, n = continued["record"], len(index)
     seqs, lengths, source = [], [], {}
     for role in roles:
-        onto = continued["onto"].get(role)
+        onto = run.method.continues.get(role)
         for k, i in enumerate(index):
             at = len(seqs)
             seqs.append(run.items.seqs[role][i])
@@ -81,4 +81,5 @@ def continue_forward(run: Run, roles: tuple[str, ...], index: list[int], continu
     batch["prefix"] = prefix.Continuation(record, batch, source, dict(enumerate(lengths)))
     batch = {k: v.to(run.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     logps, _ = run.wrapped(**batch)
+    record.release()
     return {r: logps[j * n : (j + 1) * n] for j, r in enumerate(roles)}

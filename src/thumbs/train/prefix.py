@@ -136,6 +136,10 @@ class Record:
                 if r == row:
                     self.last[seq] = hidden[b, first + length - 1].detach().clone()
 
+    def release(self) -> None:
+        """Let the recorded tensors go: the KL pass has read them, and the backward should not hold them."""
+        self.keys, self.values, self.last = {}, {}, {}
+
 
 class Continuation:
     """The KL pass's side of a ``Record``: which recorded prompt each of its rows attends to."""
@@ -163,6 +167,7 @@ class Continuation:
             masks.append(mask)
             self.first.append(firsts)
         self.masks = masks
+        self._prefix_mask: tuple | None = None  # (rows, width, mask): the same for every layer
 
     def serving(self, model, rows: list[int]):
         return _serving(self, model, rows)
@@ -172,25 +177,23 @@ class Continuation:
         longest = max(self.masks[r].shape[1] for r in self.rows)
         if longest == 0:
             return key, value, mask
+        if mask is None or mask.dtype != torch.bool:  # continuation_batch always gives one
+            raise TypeError("prefix attention takes the continuation's boolean 4-D mask")
         heads, dim = key.shape[1], key.shape[3]
         pk = key.new_zeros(len(self.rows), heads, longest, dim)
         pv = value.new_zeros(len(self.rows), heads, longest, dim)
-        pm = torch.zeros(len(self.rows), 1, key.shape[2], longest, dtype=torch.bool, device=key.device)
         for b, r in enumerate(self.rows):
             at = 0
             for seq, length in self.order[r]:
                 pk[b, :, at : at + length] = self.record.keys[seq][layer][:, :length]
                 pv[b, :, at : at + length] = self.record.values[seq][layer][:, :length]
                 at += length
-            pm[b, 0, :, :at] = self.masks[r][:width, :at].to(key.device)
-        if mask is None:  # nothing masked within the rows: causal, as the pass would have been
-            mask = (
-                torch.ones(width, width, dtype=torch.bool, device=key.device)
-                .tril()
-                .expand(len(self.rows), 1, -1, -1)
-            )
-        elif mask.dtype != torch.bool:
-            raise TypeError("prefix attention takes a boolean mask")
+        if self._prefix_mask is None or self._prefix_mask[:2] != (self.rows, width):
+            pm = torch.zeros(len(self.rows), 1, width, longest, dtype=torch.bool, device=key.device)
+            for b, r in enumerate(self.rows):
+                pm[b, 0, :, : self.masks[r].shape[1]] = self.masks[r][:width].to(key.device)
+            self._prefix_mask = (self.rows, width, pm)
+        pm = self._prefix_mask[2]
         return (
             torch.cat([pk, key], dim=2),
             torch.cat([pv, value], dim=2),
@@ -217,14 +220,14 @@ class Continuation:
 
 
 def continuation_batch(seqs: list[tuple[list[int], int]], lengths: list[int], pad_id: int) -> dict:
-    """``pack``'s rows (with ``source_ids``) for ``seqs`` with the first ``lengths[i]`` tokens of
+    """``pack_shared``'s rows for ``seqs`` with the first ``lengths[i]`` tokens of
     sequence i left out (they are a recorded prompt): what remains of a continued sequence is all
     completion, its positions starting at ``lengths[i]``, its first token predicted by the record
     (``source_ids`` -1 there)."""
-    from thumbs.tokenize import _layout
+    from thumbs.tokenize import pack_shared
 
     rest = [(ids[n:], start - n) for (ids, start), n in zip(seqs, lengths)]
-    batch = _layout(rest, pad_id, share=False)
+    batch = pack_shared(rest, pad_id)  # sequences run whole still share a prompt they have in common
     segment, completion = batch["segment_ids"], batch["completion_mask"]
     for i, n in enumerate(lengths):
         if n:
