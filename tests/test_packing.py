@@ -72,7 +72,9 @@ def test_packed_logps_and_gradients_equal_padded(monkeypatch):
         assert torch.allclose(packed, padded, atol=1e-4, rtol=0), per_row
         assert tokens_packed.tolist() == tokens_padded.tolist()
         for name, p in model.named_parameters():
-            assert torch.allclose(p.grad, grads[name], atol=1e-4, rtol=1e-4), (name, per_row)
+            # float32 rounding: the tied embedding's gradient reaches ~1e6 here, summed in another order
+            scale = 1e-4 + 1e-6 * float(grads[name].abs().max())
+            assert torch.allclose(p.grad, grads[name], atol=scale, rtol=1e-4), (name, per_row)
             assert torch.isfinite(p.grad).all(), name
 
 

@@ -108,8 +108,8 @@ def keep_large_blocks() -> bool:
 
     By default glibc serves every block above 32 MiB (at most) with its own ``mmap`` and unmaps it
     on free, so each new one faults in fresh zeroed pages. A training step makes several such
-    blocks: the LM head's [256, 49,152] float32 logits (48 MiB) per chunk, its [49,152, 576]
-    weight gradient (108 MiB). On this 2-core CPU that made the head's weight-gradient matmul run
+    blocks: the LM head's [49,152, 576] weight gradient (108 MiB), and where the head cannot run
+    in vocabulary blocks (``thumbs.train.head``) its [256, 49,152] float32 logits (48 MiB) per chunk. On this 2-core CPU that made the head's weight-gradient matmul run
     at 140 GFLOP/s instead of 194 and its log-sum-exp take 22 ms instead of 8. A KTO step on the
     135M bench shape (full fine-tuning, one process alternating the two settings on one
     microbatch): 8.99 s with glibc's defaults, 8.33 s with the blocks reused; a whole bench run

@@ -2,8 +2,9 @@
 
 The decoder runs once over the batch; the LM head is applied only at the positions that predict a
 completion token (prompt and padding positions never produce logits), a chunk of positions at a
-time, with the log-softmax taken in float32 per chunk. Under autograd each chunk is checkpointed,
-so only its hidden states are kept for the backward pass, never its [chunk, vocab] logits.
+time, with the log-softmax taken in float32 per chunk. A plain head runs in vocabulary blocks fused
+with the log-softmax (``thumbs.train.head``); any other is checkpointed per chunk, so only its
+hidden states are kept for the backward pass, never its [chunk, vocab] logits.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from thumbs.train.head import head_token_logps, plain_head
 
 # Rows at least this wide run one at a time on a CPU. A demo-shaped KTO step (8 + 8 sequences of
 # 60-120 tokens, LoRA on the 135M shape) took 4.6-4.8 s as one call against 5.0-5.8 s row by row.
@@ -48,8 +51,13 @@ def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, model: nn.Module):
 
 
 def token_logps_at(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256):
-    """log p(target) for each row of ``hidden`` [N, H] under the model's LM head, in chunks."""
+    """log p(target) for each row of ``hidden`` [N, H] under the model's LM head, in chunks: for a
+    plain head in vocabulary blocks fused with the log-softmax (``thumbs.train.head``), otherwise
+    as the model finishes its logits, each chunk checkpointed."""
     base = base_model(model)
+    head = plain_head(base)
+    if head is not None:
+        return head_token_logps(head, hidden, targets, chunk_size)
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
