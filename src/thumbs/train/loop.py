@@ -143,10 +143,7 @@ def setup(cfg: Config, *, resume: bool, overwrite: bool = False, hold: contextli
     # (the main process may have made the tiny base model); FSDP2, unlike DDP, does not broadcast it
     set_seed(cfg.train.seed)
     model = parts.build_model(cfg, source)
-    if cfg.model.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.model.lora.enabled:
-            model.enable_input_require_grads()
+    parts.checkpoint_activations(model, cfg)
     model.to(accelerator.device)
     method = METHODS[cfg.method]
     ref = reference_logps(

@@ -142,6 +142,38 @@ def check_sharding(accelerator) -> None:
         )
 
 
+def checkpoint_activations(model, cfg: Config) -> None:
+    """Gradient checkpointing (``model.gradient_checkpointing``) on every decoder layer but the last
+    ``model.uncheckpointed_layers``, which keep their activations for the backward instead of
+    recomputing them. The last ones: the backward reaches them first, so what they keep is freed
+    earliest."""
+    keep = cfg.model.uncheckpointed_layers
+    if not cfg.model.gradient_checkpointing:
+        if keep:
+            raise ThumbsError(
+                f"model.uncheckpointed_layers={keep} needs model.gradient_checkpointing=true",
+                hint="turn gradient checkpointing on, or leave model.uncheckpointed_layers at 0",
+            )
+        return
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.lora.enabled:
+        model.enable_input_require_grads()
+    if not keep:
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [
+        m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+    ]
+    if keep > len(layers):
+        raise ThumbsError(
+            f"model.uncheckpointed_layers={keep}, but the model has {len(layers)} checkpointed layers",
+            hint=f"use at most {len(layers)} (all of them is the same as model.gradient_checkpointing=false)",
+        )
+    for layer in layers[len(layers) - keep :]:
+        layer.gradient_checkpointing = False
+
+
 def build_model(cfg: Config, source: str):
     """The model to train: the base model, with a LoRA adapter when ``model.lora.enabled`` (a fresh
     one, or ``model.adapter`` carried on)."""
