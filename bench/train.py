@@ -1,6 +1,6 @@
 """thumbs against TRL on the same preference-training work: tokens/s, peak memory, MFU, same loss.
 
-    python bench/train.py [--quick] [--json] [--methods kto,dpo] [--lora]
+    python bench/train.py [--quick] [--json] [--methods kto,dpo] [--lora] [--uncheckpointed N]
 
 One invocation runs, for each method, thumbs and then TRL, each in its own subprocess (so peak
 resident memory is per tool), on the same model (a SmolLM2-135M-shaped Llama built from a config
@@ -19,7 +19,10 @@ What is held equal, and how:
   reference log-probs precomputed once by both (not timed).
 - Activation (gradient) checkpointing: on for both by default, as TRL 1.16's configs default
   to it; ``--no-checkpointing`` turns it off for both. (Left unequal, the tool without it spends
-  about twice the memory and saves about a sixth of the time.)
+  about twice the memory and saves about a sixth of the time.) thumbs then runs once more with its
+  last 8 layers (``--quick``: 1) left out of checkpointing (``model.uncheckpointed_layers``;
+  ``--uncheckpointed N``, 0 skips it), reported apart as ``uncheckpointed``: the same job, with
+  some of the memory thumbs saves against TRL spent on not recomputing.
 
 Measured, per tool:
 - tokens/s: prompt + completion tokens of the real (non-padding) sequences that get gradients
@@ -75,8 +78,11 @@ QUICK_MODEL = dict(
 # examples = batch_size x grad_accum x steps: every example is trained on once (one epoch)
 # learning rate: large enough that step 2's loss moves measurably, small enough not to diverge
 # (at 1e-3 the 135M model's KL reached hundreds of nats and fp32 on CPU slowed several-fold)
-FULL = dict(model=SMOLLM2_135M, batch_size=4, grad_accum=1, steps=5, max_length=512, learning_rate=1e-5)
-QUICK = dict(model=QUICK_MODEL, batch_size=4, grad_accum=1, steps=6, max_length=512, learning_rate=1e-3)
+# uncheckpointed: the layers thumbs' second run leaves out of checkpointing (model.uncheckpointed_layers)
+FULL = dict(model=SMOLLM2_135M, batch_size=4, grad_accum=1, steps=5, max_length=512, learning_rate=1e-5,
+            uncheckpointed=8)  # fmt: skip
+QUICK = dict(model=QUICK_MODEL, batch_size=4, grad_accum=1, steps=6, max_length=512, learning_rate=1e-3,
+             uncheckpointed=1)  # fmt: skip
 SETTINGS = dict(seed=0, max_grad_norm=1.0, beta=0.1, ref_batch_size=8)
 TOLERANCE = 1e-4
 
@@ -436,8 +442,8 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= TOLERANCE * max(1.0, abs(a), abs(b))
 
 
-def launch(tool: str, spec: dict, work: Path, log) -> dict:
-    spec_path = work / f"{spec['method']}-{tool}.json"
+def launch(tool: str, spec: dict, work: Path, log, label: str = "") -> dict:
+    spec_path = work / f"{spec['method']}-{tool}{label}.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     if not spec.get("gpu"):
@@ -449,7 +455,7 @@ def launch(tool: str, spec: dict, work: Path, log) -> dict:
         text=True,
         env=env,
     )
-    log(f"  {spec['method']} {tool}: {time.perf_counter() - started:.0f}s")
+    log(f"  {spec['method']} {tool}{label}: {time.perf_counter() - started:.0f}s")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH-RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
@@ -472,6 +478,11 @@ def main() -> None:
     parser.add_argument(
         "--gpu", action="store_true", help="on CUDA in bf16 (both tools); memory = device peak"
     )
+    parser.add_argument(
+        "--uncheckpointed",
+        type=int,
+        help="layers thumbs' second run leaves out of checkpointing (default 8, --quick 1; 0: no second run)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -482,6 +493,13 @@ def main() -> None:
 
     preset = QUICK if args.quick else FULL
     examples = preset["batch_size"] * preset["grad_accum"] * preset["steps"]
+    kept = (
+        0
+        if args.no_checkpointing
+        else preset["uncheckpointed"]
+        if args.uncheckpointed is None
+        else args.uncheckpointed
+    )
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -512,6 +530,10 @@ def main() -> None:
                 },
             }
             runs = {tool: launch(tool, spec, work, log) for tool in ("thumbs", "trl")}
+            if kept:  # the same job, the memory left under TRL's spent on not recomputing some layers
+                options = {**spec["thumbs_options"], "model.uncheckpointed_layers": kept}
+                label = f" (last {kept} layer{'s' * (kept > 1)} uncheckpointed)"
+                runs["kept"] = launch("thumbs", {**spec, "thumbs_options": options}, work, log, label)
             # TRL computes every sequence whole: its decoder's tokens are the job's
             job = runs["trl"]["steps"]
             ours, theirs = (summarise(runs[tool], n_params, job) for tool in ("thumbs", "trl"))
@@ -534,11 +556,23 @@ def main() -> None:
                     "trl": theirs["computed_tokens_per_step"],
                 },
             }
+            if kept:
+                alt = summarise(runs["kept"], n_params, job)
+                out[method]["uncheckpointed"] = {
+                    "layers": kept,
+                    "speedup": alt["tokens_per_s"] / theirs["tokens_per_s"],
+                    "memory_ratio": alt["peak_rss_mib"] / theirs["peak_rss_mib"],
+                    "mfu": alt["mfu"],
+                    "same_loss": close(alt["losses"][0], first[1]) and close(alt["losses"][1], second[1]),
+                    "tokens_per_s": alt["tokens_per_s"],
+                    "peak_rss_mib": alt["peak_rss_mib"],
+                }
     meta = {
         "mode": "quick" if args.quick else "full",
         "params": n_params,
         "finetuning": "lora" if args.lora else "full",
         "gradient_checkpointing": not args.no_checkpointing,
+        "uncheckpointed_layers": kept,
         "precision": "bf16" if args.gpu else "fp32",
         "device": "cuda" if args.gpu else "cpu",
         "memory": "device peak (max_memory_allocated)" if args.gpu else "VmHWM",
@@ -564,6 +598,13 @@ def main() -> None:
             f"tokens/s {r['tokens_per_s']['thumbs']:.0f}/{r['tokens_per_s']['trl']:.0f}  "
             f"peak MiB {r['peak_rss_mib']['thumbs']:.0f}/{r['peak_rss_mib']['trl']:.0f}"
         )
+        if "uncheckpointed" in r:
+            u = r["uncheckpointed"]
+            print(
+                f"{method}, last {u['layers']} layers uncheckpointed: speedup {u['speedup']:.2f}x  "
+                f"memory {u['memory_ratio']:.2f}x  MFU {u['mfu']:.1%}  same_loss {u['same_loss']}  "
+                f"tokens/s {u['tokens_per_s']:.0f}  peak MiB {u['peak_rss_mib']:.0f}"
+            )
 
 
 if __name__ == "__main__":
