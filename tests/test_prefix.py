@@ -62,12 +62,16 @@ def test_continued_kl_logps_equal_whole_sequences(monkeypatch, per_row, shared_p
         whole, whole_tokens = completion_logps(
             model, **pack_shared(kl, tokenizer.pad_token_id), chunk_size=16
         )
-        plain, _ = completion_logps(model, **pack_shared(target, tokenizer.pad_token_id), chunk_size=16)
+    plain, _ = completion_logps(
+        model, **pack_shared(target, tokenizer.pad_token_id), chunk_size=16
+    )  # a grad pass
     own, logps, tokens, source = _continued(model, tokenizer, target, kl, grad=True)
     assert len(source) == len(kl)  # every KL prompt is its example's: all continued
     assert tokens.tolist() == whole_tokens.tolist()  # every completion token counted, the first included
     torch.testing.assert_close(logps, whole, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(own, plain, atol=0, rtol=0)  # recording leaves the grad pass as it was
+    torch.testing.assert_close(
+        own, plain.detach(), atol=0, rtol=0
+    )  # recording leaves the grad pass as it was
     assert prefix._ACTIVE is None and model.config._attn_implementation == "sdpa"  # given back
 
 
@@ -95,19 +99,33 @@ def test_only_plain_sdpa_is_continued():
     assert not prefix.supported(model)
 
 
-def test_kto_training_with_and_without_continuing_gives_the_same_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("joined", [False, True], ids=["batched", "one-row"])
+def test_kto_training_with_and_without_continuing_gives_the_same_run(tmp_path, monkeypatch, joined):
     """The whole step: the same losses and KL, step after step, whether the KL pass continues the
-    grad pass's prompts or runs every KL sequence whole."""
+    grad pass's prompts or runs every KL sequence whole; and (``joined``) whether the grad pass runs
+    its rows as one row (``thumbs.train.rows``, recording each row's prompts) or one at a time."""
+    from thumbs.train import logprobs
+    from thumbs.train import rows as row_layout
     from thumbs.train.loop import train
+
+    joins = []
+    if joined:  # these rows are narrow: let them take the CPU's row-by-row path
+        monkeypatch.setattr(logprobs, "PER_ROW_MIN_WIDTH", 0)
+        one_row = row_layout.one_row
+        monkeypatch.setattr(row_layout, "one_row", lambda *a, **k: joins.append(1) or one_row(*a, **k))
 
     rows = toy_feedback(24, seed=2)
     for i, row in enumerate(rows):  # varied lengths, so rows hold several sequences
         row["completion"] += " Really." * (i % 5)
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     runs = {}
-    for mode in ("continued", "whole"):
+    for mode in ("continued", "whole", "separate rows") if joined else ("continued", "whole"):
         if mode == "whole":
             monkeypatch.setattr(prefix, "supported", lambda model: False)
+        if mode == "separate rows":
+            monkeypatch.undo()
+            monkeypatch.setattr(logprobs, "PER_ROW_MIN_WIDTH", 0)
+            monkeypatch.setattr(logprobs, "_one_row_fits", lambda *a: False)
         cfg = tiny_config(
             tmp_path / mode, data, method="kto", train__max_steps=6, train__batch_size=4,
             train__learning_rate=1e-2, model__lora__enabled=False,
@@ -115,7 +133,9 @@ def test_kto_training_with_and_without_continuing_gives_the_same_run(tmp_path, m
         out = train(cfg)
         runs[mode] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(runs["continued"]) == len(runs["whole"]) == 6
-    for a, b in zip(runs["continued"], runs["whole"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
-        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-5)
+    for other in set(runs) - {"continued"}:
+        for a, b in zip(runs["continued"], runs[other]):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6), other
+            assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-5), other
     assert any(r["kl"] > 1 for r in runs["continued"])  # z0 is not clamped to 0 throughout: it is compared
+    assert len(joins) >= (6 if joined else 0)  # every grad pass of the joined runs was one row

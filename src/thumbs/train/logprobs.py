@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from thumbs.train import rows as row_layout
 from thumbs.train.head import head_token_logps, plain_head
 
 # Rows at least this wide run one at a time on a CPU. A demo-shaped KTO step (8 + 8 sequences of
@@ -91,12 +92,21 @@ def completion_logps(
     at all: a CPU matmul's speed hardly depends on how many rows it has (about 10% faster on the
     135M bench shape, where packed rows are 70-99% full). Narrow rows (short answers) are too small
     a matmul on their own: under ``PER_ROW_MIN_WIDTH`` positions they stay one batched call, as on a GPU.
+    A grad pass lays its rows end to end in one row instead (``thumbs.train.rows``: one product per
+    weight gradient, attention still per row).
     With ``source_ids`` (``pack_shared``'s rows, where completions follow a shared prompt), token t
     is predicted from position ``source_ids[b, t]`` instead of t-1.
     ``prefix`` (``thumbs.train.prefix``): a ``Record`` keeps the prompts a KL pass will continue, a
     ``Continuation`` runs that pass (rows numbered from ``first_row``).
     """
     if row_lengths is not None and input_ids.device.type == "cpu" and input_ids.shape[1] >= PER_ROW_MIN_WIDTH:
+        if len(row_lengths) > 1 and torch.is_grad_enabled() and _one_row_fits(model, attention_mask, prefix):
+            row_layout.install()
+            joined = row_layout.one_row(input_ids, attention_mask, completion_mask, position_ids, segment_ids,
+                                        source_ids, row_lengths, first_row)  # fmt: skip
+            return completion_logps(
+                model, **joined, chunk_size=chunk_size, num_segments=num_segments, prefix=prefix
+            )
         sums = tokens = 0
         for r, width in enumerate(row_lengths):
             s, t = completion_logps(
@@ -123,10 +133,17 @@ def completion_logps(
     if prefix is None:
         hidden = base.get_decoder()(**kwargs).last_hidden_state
     else:
-        here = list(range(first_row, first_row + input_ids.shape[0]))
+        layout = row_layout.layout_of(attention_mask)
+        here = (
+            [row for *_, row in layout] if layout else list(range(first_row, first_row + input_ids.shape[0]))
+        )
         with prefix.serving(model, here):
             hidden = base.get_decoder()(**kwargs).last_hidden_state
-        prefix.after(hidden, here)
+        if layout:  # one row standing for several: each recorded as its own
+            for start, end, _, row in layout:
+                prefix.after(hidden[:, start:end], [row])
+        else:
+            prefix.after(hidden, here)
     if source_ids is not None:  # each completion token from the position ``source_ids`` names
         row, col = (completion_mask & (source_ids >= 0)).nonzero(as_tuple=True)
         selected, targets = hidden[row, source_ids[row, col]], input_ids[row, col]
@@ -148,6 +165,28 @@ def completion_logps(
         0, rows, torch.ones_like(rows)
     )
     return sums, tokens
+
+
+def sdpa_everywhere(model: nn.Module) -> bool:
+    """Whether every layer attends through SDPA to the whole sequence (no sliding window, no softcap)."""
+    config = base_model(model).config
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    return getattr(config, "attn_logit_softcapping", None) is None
+
+
+def _one_row_fits(model: nn.Module, attention_mask, prefix) -> bool:
+    """Whether a packed batch's rows can run as one (``thumbs.train.rows``): nothing continued (a
+    ``Record`` is fine), a boolean 4-D mask, every layer attending through SDPA to the whole sequence."""
+    if prefix is not None and not hasattr(prefix, "attend_row"):
+        return False
+    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.dtype != torch.bool:
+        return False
+    return sdpa_everywhere(model)
 
 
 def _for_attention(base: nn.Module, mask: torch.Tensor) -> torch.Tensor:

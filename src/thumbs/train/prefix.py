@@ -38,26 +38,25 @@ _ACTIVE: Record | Continuation | None = None  # what the decoder call running no
 
 def prefix_attention(module, query, key, value, attention_mask, **kwargs):
     """transformers' SDPA; while a ``Record`` is active it keeps the prompts' keys and values, while a
-    ``Continuation`` is active it attends to the recorded ones as well."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    ``Continuation`` is active it attends to the recorded ones as well. A one-row mask
+    (``thumbs.train.rows``) is attended row by row, each row recorded as its own."""
+    from thumbs.train import rows
 
-    if _ACTIVE is not None:
-        key, value, attention_mask = _ACTIVE.attend(module.layer_idx, key, value, attention_mask)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if _ACTIVE is None:
+        return rows.sdpa(module, query, key, value, attention_mask, **kwargs)
+    if rows.layout_of(attention_mask) is not None:
+        state, layer = _ACTIVE, module.layer_idx
+        attend = lambda row, k, v, m: state.attend_row(layer, row, k, v, m)  # noqa: E731
+        return rows.sdpa(module, query, key, value, attention_mask, attend=attend, **kwargs)
+    key, value, attention_mask = _ACTIVE.attend(module.layer_idx, key, value, attention_mask)
+    return rows.sdpa(module, query, key, value, attention_mask, **kwargs)
 
 
 def supported(model) -> bool:
     """Whether every layer attends through SDPA to the whole sequence, so a prompt can be continued."""
-    from thumbs.train.logprobs import base_model
+    from thumbs.train.logprobs import sdpa_everywhere
 
-    config = base_model(model).config
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        return False
-    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
-        return False
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return False
-    return getattr(config, "attn_logit_softcapping", None) is None
+    return sdpa_everywhere(model)
 
 
 def shared_length(own: tuple[list[int], int], other: tuple[list[int], int]) -> int:
@@ -119,12 +118,15 @@ class Record:
 
     def attend(self, layer: int, key, value, mask):
         for b, row in enumerate(self.rows):
-            for seq, (r, first, length) in self.spans.items():
-                if r == row:
-                    self.keys.setdefault(seq, {})[layer] = key[b, :, first : first + length].detach().clone()
-                    self.values.setdefault(seq, {})[layer] = (
-                        value[b, :, first : first + length].detach().clone()
-                    )
+            self.attend_row(layer, row, key[b : b + 1], value[b : b + 1], None)
+        return key, value, mask
+
+    def attend_row(self, layer: int, row: int, key, value, mask):
+        """``attend`` for one row's keys and values [1, heads, width, dim]."""
+        for seq, (r, first, length) in self.spans.items():
+            if r == row:
+                self.keys.setdefault(seq, {})[layer] = key[0, :, first : first + length].detach().clone()
+                self.values.setdefault(seq, {})[layer] = value[0, :, first : first + length].detach().clone()
         return key, value, mask
 
     def predicted(self, rows, input_ids, hidden):
