@@ -72,6 +72,22 @@ def test_one_row_gives_the_padded_logps_and_gradients(monkeypatch, layout, check
     assert (leaked - padded).abs().max() > 1e-2
 
 
+def test_a_large_microbatch_is_joined_in_several_rows_with_the_same_result(monkeypatch):
+    assert rows.groups([5, 3, 4, 9, 1], most=8) == [[0, 1], [2], [3], [4]]
+    monkeypatch.setattr(logprobs, "PER_ROW_MIN_WIDTH", 0)
+    tokenizer, seqs = _seqs(9, seed=5)
+    model = _model(tokenizer).train()
+    batch = pack_shared(seqs, tokenizer.pad_token_id)
+    whole, _ = completion_logps(model, **batch, chunk_size=16)
+    calls = []
+    one_row = rows.one_row
+    monkeypatch.setattr(rows, "one_row", lambda *a, **k: calls.append(1) or one_row(*a, **k))
+    monkeypatch.setattr(rows, "MAX_POSITIONS", max(batch["row_lengths"]) + 1)  # about a row per group
+    split, _ = completion_logps(model, **batch, chunk_size=16)
+    assert len(calls) == len(rows.groups(batch["row_lengths"])) > 1
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
+
+
 def test_no_grad_passes_and_gpus_keep_their_rows(monkeypatch):
     """Only a grad pass on a CPU joins its rows: the no-grad passes (reference, KL) gain nothing."""
     monkeypatch.setattr(logprobs, "PER_ROW_MIN_WIDTH", 0)

@@ -102,11 +102,19 @@ def completion_logps(
     if row_lengths is not None and input_ids.device.type == "cpu" and input_ids.shape[1] >= PER_ROW_MIN_WIDTH:
         if len(row_lengths) > 1 and torch.is_grad_enabled() and _one_row_fits(model, attention_mask, prefix):
             row_layout.install()
-            joined = row_layout.one_row(input_ids, attention_mask, completion_mask, position_ids, segment_ids,
-                                        source_ids, row_lengths, first_row)  # fmt: skip
-            return completion_logps(
-                model, **joined, chunk_size=chunk_size, num_segments=num_segments, prefix=prefix
-            )
+            sums = tokens = 0
+            for group in row_layout.groups(row_lengths):
+                rows = slice(group[0], group[-1] + 1)
+                joined = row_layout.one_row(
+                    input_ids[rows], attention_mask[rows], completion_mask[rows], position_ids[rows],
+                    segment_ids[rows], None if source_ids is None else source_ids[rows], row_lengths[rows],
+                    first_row + group[0],
+                )  # fmt: skip
+                s, t = completion_logps(
+                    model, **joined, chunk_size=chunk_size, num_segments=num_segments, prefix=prefix
+                )
+                sums, tokens = sums + s, tokens + t
+            return sums, tokens
         sums = tokens = 0
         for r, width in enumerate(row_lengths):
             s, t = completion_logps(

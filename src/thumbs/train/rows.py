@@ -25,6 +25,9 @@ from __future__ import annotations
 import torch
 
 ROWS = "_thumbs_rows"  # the attribute of a one-row mask that lists its rows
+# positions per joined row: its [T, T] boolean mask stays at most 16 MiB (a microbatch of more
+# positions is joined in several rows of consecutive rows)
+MAX_POSITIONS = 4096
 _INSTALLED: list = []  # transformers' own sdpa function, once replaced
 
 
@@ -52,6 +55,21 @@ def install() -> None:
 
         AttentionInterface.register("sdpa", sdpa)
         _INSTALLED.append(True)
+
+
+def groups(row_lengths: list[int], most: int | None = None) -> list[list[int]]:
+    """Consecutive rows, as many per group as fit in ``most`` positions (a wider row: alone)."""
+    most = MAX_POSITIONS if most is None else most
+    out: list[list[int]] = []
+    used = 0
+    for r, width in enumerate(row_lengths):
+        if out and used + width <= most:
+            out[-1].append(r)
+            used += width
+        else:
+            out.append([r])
+            used = width
+    return out
 
 
 def one_row(
