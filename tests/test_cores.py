@@ -68,6 +68,27 @@ def test_our_own_work_does_not_count_as_someone_elses(monkeypatch):
     assert governor.adjust() == 2 and torch.threads == 2  # they left: the core comes back
 
 
+def test_the_first_look_sees_a_core_already_taken(monkeypatch):
+    """Started beside a busy process, the governor's first look (over the 0.25 s it waits) gives up
+    the taken core at once, before any work."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("THUMBS_THREADS", raising=False)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 2)
+    clock, machine = [100.0], [50.0]
+    monkeypatch.setattr(cores.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cores, "_own_busy_seconds", lambda: 10.0)
+    monkeypatch.setattr(cores, "_machine_busy_seconds", lambda: machine[0])
+
+    def sleep(seconds):  # another process keeps one core busy while we wait
+        clock[0] += seconds
+        machine[0] += seconds
+
+    monkeypatch.setattr(cores.time, "sleep", sleep)
+    torch = FakeTorch(2)
+    governor = cores.Governor(interval=2.0, torch_module=torch)
+    assert governor.threads == 1 and torch.threads == 1
+
+
 @pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "3"}, {"THUMBS_THREADS": "fixed"}])
 def test_a_chosen_thread_count_is_left_alone(monkeypatch, env):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -72,8 +72,10 @@ class Governor:
         self.threads = None
         if self.enabled and interval > 0:  # a first look before any work: idle here, so it is quick and fair
             time.sleep(0.25)
-            self._last = (self._last[0] - interval, *self._last[1:])
-            self.adjust()
+            # over the 0.25 s just slept (this look once stretched the window by ``interval`` and
+            # so read a busy core as 0.11: the first seconds of a run, often its whole reference
+            # pass, ran two threads beside a busy process)
+            self._set(threads_for(self.others_busy_cores(), self.cores))
 
     def _sample(self) -> tuple[float, float, float]:
         return time.monotonic(), _machine_busy_seconds() or 0.0, _own_busy_seconds()
@@ -90,7 +92,9 @@ class Governor:
         """Set the thread count for the cores free now; the count in force (None when disabled)."""
         if not self.enabled or time.monotonic() - self._last[0] < self.interval:
             return self.threads
-        wanted = threads_for(self.others_busy_cores(), self.cores)
+        return self._set(threads_for(self.others_busy_cores(), self.cores))
+
+    def _set(self, wanted: int) -> int:
         if wanted != self._torch.get_num_threads():
             self._torch.set_num_threads(wanted)
         self.threads = wanted
