@@ -104,10 +104,10 @@ def completion_logps(
             row_layout.install()
             sums = tokens = 0
             for group in row_layout.groups(row_lengths):
-                rows = slice(group[0], group[-1] + 1)
+                span = slice(group[0], group[-1] + 1)
                 joined = row_layout.one_row(
-                    input_ids[rows], attention_mask[rows], completion_mask[rows], position_ids[rows],
-                    segment_ids[rows], None if source_ids is None else source_ids[rows], row_lengths[rows],
+                    input_ids[span], attention_mask[span], completion_mask[span], position_ids[span],
+                    segment_ids[span], None if source_ids is None else source_ids[span], row_lengths[span],
                     first_row + group[0],
                 )  # fmt: skip
                 s, t = completion_logps(

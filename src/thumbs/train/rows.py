@@ -28,7 +28,7 @@ ROWS = "_thumbs_rows"  # the attribute of a one-row mask that lists its rows
 # positions per joined row: its [T, T] boolean mask stays at most 16 MiB (a microbatch of more
 # positions is joined in several rows of consecutive rows)
 MAX_POSITIONS = 4096
-_INSTALLED: list = []  # transformers' own sdpa function, once replaced
+_INSTALLED: list = []  # non-empty once transformers' sdpa entry points at ``sdpa`` below
 
 
 def sdpa(module, query, key, value, attention_mask, attend=None, **kwargs):
@@ -36,7 +36,7 @@ def sdpa(module, query, key, value, attention_mask, attend=None, **kwargs):
     row's own mask (``attend(row, key, value, mask)``, when given, may change a row's keys first)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    layout = getattr(attention_mask, ROWS, None)
+    layout = layout_of(attention_mask)
     if layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     outputs = []
@@ -112,4 +112,5 @@ def one_row(
 
 
 def layout_of(attention_mask) -> list | None:
+    """A one-row mask's rows: (start, end, own mask, row number) each; None for any other mask."""
     return getattr(attention_mask, ROWS, None)
