@@ -1,19 +1,25 @@
 """thumbs on a busy machine: a KTO step and the reference pass, idle and beside one busy process.
 
-    python bench/contention.py [--quick] [--json] [--steps N]
+    python bench/contention.py [--quick] [--json] [--steps N] [--pairs K]
 
-One invocation runs the same work four times, each in its own subprocess: with PyTorch's own
-thread count (``THUMBS_THREADS=fixed``: one thread per core, what thumbs did before) and with
-thumbs' governor (``thumbs.cores``: threads for the cores that are free), each on an idle machine
-and beside one single-threaded busy process (a Python spin loop, started before and stopped after).
+Each run is its own subprocess: with PyTorch's own thread count (``THUMBS_THREADS=fixed``: one
+thread per core, what thumbs did before) or with thumbs' governor (``thumbs.cores``: threads for
+the cores that are free), on an idle machine or beside one single-threaded busy process (a Python
+spin loop, started before and stopped after).
 
 The work is the demo's shape: LoRA (r=16) on a SmolLM2-135M-shaped Llama with random weights
 (``--quick``: a 4-layer model with the same vocabulary), 64 KTO examples of 40-120 tokens, the
 reference pass over them and their KL sequences, then optimizer steps of 8 examples plus their 8
-KL sequences. Reported per run: reference pass seconds, median seconds per optimizer step after
-the first; and the slowdowns busy/idle, which is what the issue's target (≤ 2.2×) is about, and the
-idle ratio governed/fixed, which must stay at 1 (the governor must not slow the idle case).
-Run it on an otherwise idle machine: anything else running falsifies "idle".
+KL sequences. Reported per run: reference pass seconds, and seconds per optimizer step (the mean
+over the steps after the first: every run takes the same batches, so this is their total time).
+
+This machine's speed drifts by up to ~10% over minutes, more than the margin the target leaves, so
+runs are taken in idle/busy pairs, one straight after the other, and each slowdown busy/idle is a
+pair's own. The governor's pairs are repeated ``--pairs`` times (default 2, alternating idle and
+busy) and every pair is printed with the median; PyTorch's fixed threads, the "before", run one
+pair. The issue's target is the governed slowdown (≤ 2.2×); the idle ratio governed/fixed must
+stay at 1 (the governor must not slow the idle case). Run it on an otherwise idle machine:
+anything else running falsifies "idle".
 """
 
 from __future__ import annotations
@@ -140,8 +146,8 @@ def launch(spec: dict, *, governed: bool, busy: bool) -> dict:
         )
     timings = json.loads(out.stdout.strip().splitlines()[-1])
     steps = timings["steps"][1:] or timings["steps"]
-    return {"reference_s": timings["reference"], "step_s": statistics.median(steps),
-            "threads_at_end": timings["threads_at_end"]}  # fmt: skip
+    return {"reference_s": timings["reference"], "step_s": statistics.fmean(steps),
+            "steps_s": timings["steps"], "threads_at_end": timings["threads_at_end"]}  # fmt: skip
 
 
 def main() -> None:
@@ -149,11 +155,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=2, help="idle/busy pairs with the governor")
     parser.add_argument(
         "--once", action="store_true", help="one run as the machine is (bench/gpu.sh: on the GPU)"
     )
     parser.add_argument("--worker")
     args = parser.parse_args()
+    if args.pairs < 1 or args.steps < 1:
+        parser.error("--pairs and --steps must be at least 1")
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
@@ -162,28 +171,39 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             timings = worker(dict(spec, work=work))
         steps = timings["steps"][1:] or timings["steps"]
-        print(f"reference pass {timings['reference']:.2f} s; median step {statistics.median(steps):.3f} s "
+        print(f"reference pass {timings['reference']:.2f} s; mean step {statistics.fmean(steps):.3f} s "
               f"({len(steps)} steps after the first)")  # fmt: skip
         return
-    runs = {}
-    for governed in (False, True):
-        for busy in (False, True):
-            name = f"{'governed' if governed else 'fixed'}/{'busy' if busy else 'idle'}"
-            runs[name] = launch(spec, governed=governed, busy=busy)
-            print(f"{name:15s} reference {runs[name]['reference_s']:7.2f} s   step {runs[name]['step_s']:6.2f} s"
-                  f"   threads at end {runs[name]['threads_at_end']}", flush=True)  # fmt: skip
+    pairs = []  # (policy, idle run, busy run), each pair taken back to back
+    for policy, count in (("fixed", 1), ("governed", args.pairs)):
+        for k in range(count):
+            runs = {}
+            for busy in (False, True) if k % 2 == 0 else (True, False):  # drift cancels over pairs
+                runs[busy] = launch(spec, governed=policy == "governed", busy=busy)
+                name = f"{policy}/{'busy' if busy else 'idle'}"
+                print(f"{name:15s} reference {runs[busy]['reference_s']:7.2f} s   step {runs[busy]['step_s']:6.2f} s"
+                      f"   threads at end {runs[busy]['threads_at_end']}", flush=True)  # fmt: skip
+            pairs.append({"policy": policy, "idle": runs[False], "busy": runs[True],
+                          **{f"{what[:-2]} slowdown": runs[True][what] / runs[False][what]
+                             for what in ("reference_s", "step_s")}})  # fmt: skip
+            print(f"{'':15s} slowdown busy/idle: reference {pairs[-1]['reference slowdown']:.2f}x, "
+                  f"step {pairs[-1]['step slowdown']:.2f}x", flush=True)  # fmt: skip
     ratios = {}
     for policy in ("fixed", "governed"):
-        for what in ("reference_s", "step_s"):
-            ratios[f"{policy} {what[:-2]} slowdown busy/idle"] = (
-                runs[f"{policy}/busy"][what] / runs[f"{policy}/idle"][what]
+        mine = [p for p in pairs if p["policy"] == policy]
+        for what in ("reference", "step"):
+            ratios[f"{policy} {what} slowdown busy/idle"] = statistics.median(
+                p[f"{what} slowdown"] for p in mine
             )
+    fixed_idle = next(p["idle"] for p in pairs if p["policy"] == "fixed")
     for what in ("reference_s", "step_s"):
-        ratios[f"idle {what[:-2]} governed/fixed"] = runs["governed/idle"][what] / runs["fixed/idle"][what]
+        governed_idle = statistics.median(p["idle"][what] for p in pairs if p["policy"] == "governed")
+        ratios[f"idle {what[:-2]} governed/fixed"] = governed_idle / fixed_idle[what]
+    print(f"median over pairs ({args.pairs} governed, 1 fixed):")
     for key, value in ratios.items():
-        print(f"{key:40s} {value:5.2f}x")
+        print(f"  {key:40s} {value:5.2f}x")
     if args.json:
-        print(json.dumps({"runs": runs, "ratios": ratios, "cores": os.cpu_count(),
+        print(json.dumps({"pairs": pairs, "ratios": ratios, "cores": os.cpu_count(), "steps": args.steps,
                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}))  # fmt: skip
 
 
