@@ -29,8 +29,9 @@ def _grads(model):
 @pytest.mark.parametrize("layout", [pack, pack_shared])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_one_row_gives_the_padded_logps_and_gradients(monkeypatch, layout, checkpointing):
-    monkeypatch.setattr(logprobs, "PER_ROW_MIN_WIDTH", 0)
-    tokenizer, seqs = _seqs(9, seed=5)
+    tokenizer, seqs = _seqs(
+        9, seed=5
+    )  # narrow rows, under PER_ROW_MIN_WIDTH: a grad pass joins them all the same
     model = _model(tokenizer).train()
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -41,7 +42,7 @@ def test_one_row_gives_the_padded_logps_and_gradients(monkeypatch, layout, check
     model.zero_grad(set_to_none=True)
 
     batch = layout(seqs, tokenizer.pad_token_id)
-    assert len(batch["row_lengths"]) > 1
+    assert len(batch["row_lengths"]) > 1 and batch["input_ids"].shape[1] < logprobs.PER_ROW_MIN_WIDTH
     widths = sorted(batch["row_lengths"])
     seen = []  # the query widths SDPA is called with, forward and recompute
     import transformers.integrations.sdpa_attention as sdpa_module
@@ -74,7 +75,6 @@ def test_one_row_gives_the_padded_logps_and_gradients(monkeypatch, layout, check
 
 def test_a_large_microbatch_is_joined_in_several_rows_with_the_same_result(monkeypatch):
     assert rows.groups([5, 3, 4, 9, 1], most=8) == [[0, 1], [2], [3], [4]]
-    monkeypatch.setattr(logprobs, "PER_ROW_MIN_WIDTH", 0)
     tokenizer, seqs = _seqs(9, seed=5)
     model = _model(tokenizer).train()
     batch = pack_shared(seqs, tokenizer.pad_token_id)

@@ -16,8 +16,12 @@ from torch.utils.checkpoint import checkpoint
 from thumbs.train import rows as row_layout
 from thumbs.train.head import head_token_logps, plain_head
 
-# Rows at least this wide run one at a time on a CPU. A demo-shaped KTO step (8 + 8 sequences of
-# 60-120 tokens, LoRA on the 135M shape) took 4.6-4.8 s as one call against 5.0-5.8 s row by row.
+# In a no-grad pass on a CPU, rows at least this wide run one at a time; narrower ones stay one
+# batched call (a demo-shaped KTO step, 8 + 8 sequences of 60-120 tokens with LoRA on the 135M
+# shape, took 4.6-4.8 s with its rows in one call against 5.0-5.8 s row by row). A grad pass joins
+# its rows into one at any width (``thumbs.train.rows``): no padding and one product per weight.
+# On that demo shape, steps 2-6 of a KTO run took 27.4 and 29.7 s so against 41.5 and 38.2 s with
+# narrow rows batched, where a microbatch's 6 rows of up to 222 positions padded 35% of them.
 PER_ROW_MIN_WIDTH = 256
 
 
@@ -92,29 +96,35 @@ def completion_logps(
     at all: a CPU matmul's speed hardly depends on how many rows it has (about 10% faster on the
     135M bench shape, where packed rows are 70-99% full). Narrow rows (short answers) are too small
     a matmul on their own: under ``PER_ROW_MIN_WIDTH`` positions they stay one batched call, as on a GPU.
-    A grad pass lays its rows end to end in one row instead (``thumbs.train.rows``: one product per
-    weight gradient, attention still per row).
+    A grad pass on a CPU lays its rows end to end in one row instead, at any width
+    (``thumbs.train.rows``: no padding, one product per weight gradient, attention still per row).
     With ``source_ids`` (``pack_shared``'s rows, where completions follow a shared prompt), token t
     is predicted from position ``source_ids[b, t]`` instead of t-1.
     ``prefix`` (``thumbs.train.prefix``): a ``Record`` keeps the prompts a KL pass will continue, a
     ``Continuation`` runs that pass (rows numbered from ``first_row``).
     """
-    if row_lengths is not None and input_ids.device.type == "cpu" and input_ids.shape[1] >= PER_ROW_MIN_WIDTH:
-        if len(row_lengths) > 1 and torch.is_grad_enabled() and _one_row_fits(model, attention_mask, prefix):
-            row_layout.install()
-            sums = tokens = 0
-            for group in row_layout.groups(row_lengths):
-                span = slice(group[0], group[-1] + 1)
-                joined = row_layout.one_row(
-                    input_ids[span], attention_mask[span], completion_mask[span], position_ids[span],
-                    segment_ids[span], None if source_ids is None else source_ids[span], row_lengths[span],
-                    first_row + group[0],
-                )  # fmt: skip
-                s, t = completion_logps(
-                    model, **joined, chunk_size=chunk_size, num_segments=num_segments, prefix=prefix
-                )
-                sums, tokens = sums + s, tokens + t
-            return sums, tokens
+    cpu_rows = row_lengths is not None and input_ids.device.type == "cpu"
+    if (
+        cpu_rows
+        and len(row_lengths) > 1
+        and torch.is_grad_enabled()
+        and _one_row_fits(model, attention_mask, prefix)
+    ):
+        row_layout.install()
+        sums = tokens = 0
+        for group in row_layout.groups(row_lengths):
+            span = slice(group[0], group[-1] + 1)
+            joined = row_layout.one_row(
+                input_ids[span], attention_mask[span], completion_mask[span], position_ids[span],
+                segment_ids[span], None if source_ids is None else source_ids[span], row_lengths[span],
+                first_row + group[0],
+            )  # fmt: skip
+            s, t = completion_logps(
+                model, **joined, chunk_size=chunk_size, num_segments=num_segments, prefix=prefix
+            )
+            sums, tokens = sums + s, tokens + t
+        return sums, tokens
+    if cpu_rows and input_ids.shape[1] >= PER_ROW_MIN_WIDTH:
         sums = tokens = 0
         for r, width in enumerate(row_lengths):
             s, t = completion_logps(
