@@ -20,8 +20,10 @@ from thumbs.train.head import head_token_logps, plain_head
 # batched call (a demo-shaped KTO step, 8 + 8 sequences of 60-120 tokens with LoRA on the 135M
 # shape, took 4.6-4.8 s with its rows in one call against 5.0-5.8 s row by row). A grad pass joins
 # its rows into one at any width (``thumbs.train.rows``): no padding and one product per weight.
-# On that demo shape, steps 2-6 of a KTO run took 27.4 and 29.7 s so against 41.5 and 38.2 s with
-# narrow rows batched, where a microbatch's 6 rows of up to 222 positions padded 35% of them.
+# On bench/contention.py's demo-shaped job (byte-level tokens cut at 128, so most rows hold one
+# sequence), steps 2-6 of a KTO run took 27.4 and 29.7 s joined against 41.5 and 38.2 s with narrow
+# rows batched, where a microbatch's 6 rows of up to 222 positions padded 35% of them. (`make demo`
+# packs each of its microbatches into a single row: nothing to join there.)
 PER_ROW_MIN_WIDTH = 256
 
 
