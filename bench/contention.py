@@ -174,7 +174,8 @@ def main() -> None:
         print(f"reference pass {timings['reference']:.2f} s; mean step {statistics.fmean(steps):.3f} s "
               f"({len(steps)} steps after the first)")  # fmt: skip
         return
-    pairs = []  # (policy, idle run, busy run), each pair taken back to back
+    measures = ("reference", "step")  # each run's "<measure>_s"
+    pairs = []  # {"policy", "idle": run, "busy": run, "<measure> slowdown"}, each pair taken back to back
     for policy, count in (("fixed", 1), ("governed", args.pairs)):
         for k in range(count):
             runs = {}
@@ -184,21 +185,21 @@ def main() -> None:
                 print(f"{name:15s} reference {runs[busy]['reference_s']:7.2f} s   step {runs[busy]['step_s']:6.2f} s"
                       f"   threads at end {runs[busy]['threads_at_end']}", flush=True)  # fmt: skip
             pairs.append({"policy": policy, "idle": runs[False], "busy": runs[True],
-                          **{f"{what[:-2]} slowdown": runs[True][what] / runs[False][what]
-                             for what in ("reference_s", "step_s")}})  # fmt: skip
+                          **{f"{what} slowdown": runs[True][f"{what}_s"] / runs[False][f"{what}_s"]
+                             for what in measures}})  # fmt: skip
             print(f"{'':15s} slowdown busy/idle: reference {pairs[-1]['reference slowdown']:.2f}x, "
                   f"step {pairs[-1]['step slowdown']:.2f}x", flush=True)  # fmt: skip
     ratios = {}
     for policy in ("fixed", "governed"):
         mine = [p for p in pairs if p["policy"] == policy]
-        for what in ("reference", "step"):
+        for what in measures:
             ratios[f"{policy} {what} slowdown busy/idle"] = statistics.median(
                 p[f"{what} slowdown"] for p in mine
             )
     fixed_idle = next(p["idle"] for p in pairs if p["policy"] == "fixed")
-    for what in ("reference_s", "step_s"):
-        governed_idle = statistics.median(p["idle"][what] for p in pairs if p["policy"] == "governed")
-        ratios[f"idle {what[:-2]} governed/fixed"] = governed_idle / fixed_idle[what]
+    for what in measures:
+        governed_idle = statistics.median(p["idle"][f"{what}_s"] for p in pairs if p["policy"] == "governed")
+        ratios[f"idle {what} governed/fixed"] = governed_idle / fixed_idle[f"{what}_s"]
     print(f"median over pairs ({args.pairs} governed, 1 fixed):")
     for key, value in ratios.items():
         print(f"  {key:40s} {value:5.2f}x")
